@@ -1,0 +1,129 @@
+"""ASE front end: Atoms → C++ neighbour list → deployed model → energy, forces, stress.
+
+Forces, virial and per-atom virial come from the model's ∂E/∂(edge vector) exactly as in the LAMMPS
+plugin (see ``mlpot.edge_sums``), so the two front ends cannot disagree by construction.
+"""
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from . import edge_sums
+from .model_file import DeployedModel, load_model
+from .neighbours import primitive_neighbour_list
+
+#: Atoms closer than this (Å) are reported as overlapping instead of being evaluated.
+MIN_DISTANCE = 0.25
+
+
+class MLPotCalculator(Calculator):
+    """ASE calculator for an mlpot model file (or an already loaded ``DeployedModel``).
+
+    ``skin`` > 0 builds the neighbour list with ``cutoff + skin`` and reuses it until an atom has
+    moved more than ``skin / 2`` (as LAMMPS does); ``skin = 0`` rebuilds it at every call.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "stresses"]
+
+    def __init__(self, model: Union[str, DeployedModel], device: str = "cpu",
+                 dtype: Optional[str] = None, skin: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(model, DeployedModel):
+            if dtype is not None or str(device) != "cpu":
+                raise ValueError("pass device/dtype to mlpot.load(), not with an already loaded model")
+            self.model = model
+        else:
+            self.model = load_model(model, device=device, dtype=dtype)
+        if skin < 0 or not np.isfinite(skin):
+            raise ValueError(f"skin must be a finite non-negative distance in Å, got {skin}")
+        self.skin = float(skin)
+        self._species_index = {symbol: k for k, symbol in enumerate(self.model.species)}
+        self._species_cache = (None, None)
+        self._pairs = None
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        if len(atoms) == 0:
+            raise ValueError("the Atoms object is empty: there is nothing to compute")
+        positions = np.asarray(atoms.positions, dtype=np.float64)
+        if not np.all(np.isfinite(positions)):
+            bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+            raise ValueError(f"atom positions contain NaN or inf (atoms {bad[:10].tolist()}); "
+                             "check the structure or the MD time step")
+        species = self._species(atoms.numbers)
+        cell = np.asarray(atoms.cell.array, dtype=np.float64)
+        i, j, vectors = self._edges(atoms, positions, cell)
+
+        device, dtype = self.model.device, self.model.dtype
+        edge_index = torch.from_numpy(np.stack([i, j])).to(device)
+        output = self.model(species, edge_index, torch.from_numpy(vectors).to(device, dtype),
+                            len(atoms))
+        gradient = output["edge_gradient"].detach().to("cpu", torch.float64).numpy()
+        energy = float(output["energy"].detach())
+        self.results["energy"] = self.results["free_energy"] = energy
+        self.results["energies"] = output["atom_energies"].detach().to("cpu", torch.float64).numpy()
+        self.results["forces"] = edge_sums.forces(i, j, gradient, len(atoms))
+
+        volume = abs(np.linalg.det(cell))
+        if volume > 1e-12:
+            virial = edge_sums.virial(vectors, gradient)
+            self.results["stress"] = full_3x3_to_voigt_6_stress(-virial / volume)
+            if "stresses" in properties:
+                atom_virial = edge_sums.atom_virial(i, j, vectors, gradient, len(atoms))
+                self.results["stresses"] = full_3x3_to_voigt_6_stress(-atom_virial / volume)
+        elif "stress" in properties or "stresses" in properties:
+            raise PropertyNotImplementedError(
+                "stress needs a cell with non-zero volume; set atoms.cell (and pbc) first")
+
+    def _species(self, numbers: np.ndarray) -> torch.Tensor:
+        """Species indices of the model, cached while the atomic numbers stay the same."""
+        cached_numbers, cached = self._species_cache
+        if cached_numbers is not None and np.array_equal(cached_numbers, numbers):
+            return cached
+        from ase.data import chemical_symbols
+
+        unknown = sorted({chemical_symbols[z] for z in numbers} - set(self._species_index))
+        if unknown:
+            raise ValueError(
+                f"element(s) {', '.join(unknown)} not in this model's species "
+                f"{self.model.species}; use a model trained for them")
+        index = np.array([self._species_index[chemical_symbols[z]] for z in numbers])
+        species = torch.from_numpy(index).to(self.model.device)
+        self._species_cache = (numbers.copy(), species)
+        return species
+
+    def _edges(self, atoms, positions: np.ndarray, cell: np.ndarray):
+        """Directed edges (i, j) and their vectors, from a reused or fresh neighbour list."""
+        pbc = np.array(atoms.pbc, dtype=bool)
+        cutoff = self.model.cutoff
+        if not self._pairs_still_valid(positions, cell, pbc):
+            i, j, shifts = primitive_neighbour_list("ijS", pbc, cell, positions, cutoff + self.skin)
+            self._pairs = (positions.copy(), cell.copy(), pbc, i, j, shifts @ cell)
+        _, _, _, i, j, shift_vectors = self._pairs
+        vectors = positions[j] - positions[i] + shift_vectors
+        if self.skin > 0:
+            inside = np.einsum("ek,ek->e", vectors, vectors) < cutoff * cutoff
+            i, j, vectors = i[inside], j[inside], vectors[inside]
+        if len(i):
+            shortest = int(np.argmin(np.einsum("ek,ek->e", vectors, vectors)))
+            distance = float(np.linalg.norm(vectors[shortest]))
+            if distance < MIN_DISTANCE:
+                raise ValueError(
+                    f"atoms {i[shortest]} and {j[shortest]} are {distance:.3g} Å apart "
+                    f"(< {MIN_DISTANCE} Å): overlapping atoms; fix the structure")
+        return i, j, vectors
+
+    def _pairs_still_valid(self, positions, cell, pbc) -> bool:
+        if self._pairs is None or self.skin == 0:
+            return False
+        old_positions, old_cell, old_pbc, *_ = self._pairs
+        if old_positions.shape != positions.shape or not np.array_equal(old_pbc, pbc):
+            return False
+        if not np.array_equal(old_cell, cell):
+            return False
+        moved = np.einsum("ak,ak->a", positions - old_positions, positions - old_positions)
+        return float(moved.max()) < (0.5 * self.skin) ** 2

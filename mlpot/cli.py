@@ -1,0 +1,96 @@
+"""``mlpot`` command line: a thin layer over the library (see ``mlpot --help``)."""
+
+import argparse
+import json
+import sys
+
+
+def _info(args):
+    from .model_file import read_metadata
+
+    record = read_metadata(args.model)
+    if args.json:
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+        return
+    rows = [
+        ("model kind", record["model_kind"]),
+        ("species", " ".join(record["species"])),
+        ("cutoff", f"{record['cutoff']:g} Å"),
+        ("message-passing layers", record["num_interactions"]),
+        ("interaction range", f"{record['interaction_range']:g} Å (LAMMPS ghost shell)"),
+        ("dtype", record["dtype"]),
+        ("units", f"{record['units']['energy']}, {record['units']['length']}"),
+        ("outputs", ", ".join(record["outputs"])),
+        ("format version", record["format_version"]),
+        ("exported with", f"mlpot {record['mlpot_version']}, torch {record['torch_version']}"),
+        ("exported on", record["exported"]),
+    ]
+    rows += [(f"metadata: {key}", value) for key, value in record["metadata"].items()]
+    width = max(len(name) for name, _ in rows)
+    print(f"{args.model}")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+
+
+def _export(args):
+    from .checkpoint import load_checkpoint
+    from .model_file import export_model
+
+    model, _ = load_checkpoint(args.checkpoint)
+    metadata = dict(item.split("=", 1) for item in args.metadata)
+    path = export_model(model, args.output, metadata=metadata, dtype=args.dtype)
+    print(f"wrote {path}")
+
+
+def _neighbours(args):
+    import ase.build
+    import numpy as np
+
+    from .neighbours import neighbour_list
+
+    atoms = ase.build.bulk(args.element, cubic=True) * (args.repeat,) * 3
+    i, d = neighbour_list("id", atoms, args.cutoff)
+    counts = np.bincount(i, minlength=len(atoms))
+    print(f"{atoms.get_chemical_formula()}: {len(atoms)} atoms, cutoff {args.cutoff} Å")
+    print(f"  pairs (full list)   {len(i)}")
+    print(f"  neighbours per atom {counts.min()}–{counts.max()} (mean {counts.mean():.2f})")
+    print(f"  shortest distance   {d.min():.4f} Å")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="mlpot", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    info = commands.add_parser("info", help="print a model file's metadata")
+    info.add_argument("model")
+    info.add_argument("--json", action="store_true", help="print the raw metadata record")
+    info.set_defaults(run=_info)
+
+    export = commands.add_parser("export", help="turn a training checkpoint into a model file")
+    export.add_argument("checkpoint")
+    export.add_argument("output")
+    export.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    export.add_argument("--metadata", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="free-form provenance, e.g. author=... data=...")
+    export.set_defaults(run=_export)
+
+    neighbours = commands.add_parser("neighbours", help="neighbour-list summary of a crystal")
+    neighbours.add_argument("--element", default="Si")
+    neighbours.add_argument("--repeat", type=int, default=3)
+    neighbours.add_argument("--cutoff", type=float, default=5.0)
+    neighbours.set_defaults(run=_neighbours)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"mlpot {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
