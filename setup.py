@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent.resolve()
@@ -141,4 +141,12 @@ if plugin_sources:
         )
     )
 
-setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildExt})
+setup(
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": BuildExt},
+    # The top-level potentials/ folder is installed as the package mlpot.potentials.
+    packages=find_packages(include=["mlpot", "mlpot.*"]) + ["mlpot.potentials"],
+    package_dir={"mlpot.potentials": "potentials"},
+    package_data={"mlpot.potentials": ["*/model.pt", "*/*.md", "*/*.yaml", "*/*.png",
+                                       "*/data/*"]},
+)

@@ -74,6 +74,18 @@ def build_parser():
                         help="free-form provenance, e.g. author=... data=...")
     export.set_defaults(run=_export)
 
+    from . import train  # the training command lives with the training code
+
+    train_parser = commands.add_parser("train", help="train a model from a YAML config")
+    train.add_arguments(train_parser)
+    train_parser.set_defaults(run=train.run)
+
+    from . import md
+
+    md_parser = commands.add_parser("md", help="short MD run with a shipped potential")
+    md.add_arguments(md_parser)
+    md_parser.set_defaults(run=md.run)
+
     neighbours = commands.add_parser("neighbours", help="neighbour-list summary of a crystal")
     neighbours.add_argument("--element", default="Si")
     neighbours.add_argument("--repeat", type=int, default=3)

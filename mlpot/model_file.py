@@ -66,11 +66,12 @@ def export_model(model: AtomicEnergyModel, path: Union[str, Path], metadata: Opt
     deployable = copy.deepcopy(model).to(DTYPES[dtype]).eval()
     for parameter in deployable.parameters():
         parameter.requires_grad_(False)
-    scripted = torch.jit.script(EdgeGradientModel(deployable))
+    scripted = torch.jit.script(deployable.deployable_module())
     record = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "artifact": ARTIFACT,
+        "interface": model.interface,
         "model_kind": model.kind,
         "species": list(model.species),
         "cutoff": model.cutoff,
@@ -83,6 +84,7 @@ def export_model(model: AtomicEnergyModel, path: Union[str, Path], metadata: Opt
         "torch_version": torch.__version__,
         "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hyperparameters": model.hyperparameters(),
+        **model.deployment_metadata(),
         "metadata": dict(metadata or {}),
     }
     path = Path(path)
@@ -92,6 +94,8 @@ def export_model(model: AtomicEnergyModel, path: Union[str, Path], metadata: Opt
 
 def read_metadata(path: Union[str, Path]) -> Dict:
     """The metadata record of a model file, checked, without loading the model."""
+    from . import models  # noqa: F401  (registers every model kind's deployed interface)
+
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {str(path)!r} does not exist; check the path")
@@ -134,6 +138,11 @@ def check_metadata(record: Dict, origin: str) -> None:
             f"{origin!r} holds a {record.get('artifact')!r} artifact; this mlpot loads "
             f"{ARTIFACT!r} only; upgrade mlpot"
         )
+    if record.get("interface") not in _INTERFACES:
+        raise ModelFileError(
+            f"{origin!r} needs the model interface {record.get('interface')!r}, unknown to this "
+            f"mlpot ({__version__}, knows {sorted(_INTERFACES)}); upgrade mlpot"
+        )
     if record.get("dtype") not in DTYPES:
         raise ModelFileError(f"{origin!r} has an unsupported dtype {record.get('dtype')!r}")
     units = record.get("units", {})
@@ -141,8 +150,27 @@ def check_metadata(record: Dict, origin: str) -> None:
         raise ModelFileError(f"{origin!r} declares units {units}; mlpot models must be eV and Å")
 
 
+_INTERFACES = {}
+
+
+def deployed_interface(name: str):
+    """Class decorator: the ``DeployedModel`` subclass that runs files whose record says
+    ``"interface": name``. Each interface turns inputs into the same outputs as ``__call__``."""
+
+    def register(cls):
+        _INTERFACES[name] = cls
+        return cls
+
+    return register
+
+
+@deployed_interface("edge_gradient")
 class DeployedModel:
-    """A loaded model file: the scripted module plus its checked metadata."""
+    """A loaded model file: the scripted module plus its checked metadata.
+
+    This class runs the ``edge_gradient`` interface (the scripted module is an
+    ``EdgeGradientModel``); other interfaces subclass it and override ``__call__``.
+    """
 
     def __init__(self, module: torch.jit.ScriptModule, metadata: Dict, device: torch.device,
                  dtype: torch.dtype):
@@ -207,4 +235,4 @@ def load_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
     torch_dtype = DTYPES[dtype or metadata["dtype"]]
     module = module.to(torch_dtype)
     module.eval()
-    return DeployedModel(module, metadata, device, torch_dtype)
+    return _INTERFACES[metadata["interface"]](module, metadata, device, torch_dtype)

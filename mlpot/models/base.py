@@ -20,6 +20,8 @@ class AtomicEnergyModel(torch.nn.Module):
     """
 
     kind: str = "abstract"
+    #: how front ends run the exported file (see ``mlpot.model_file.deployed_interface``)
+    interface: str = "edge_gradient"
 
     def __init__(self, species: List[str], cutoff: float, num_interactions: int):
         super().__init__()
@@ -39,6 +41,16 @@ class AtomicEnergyModel(torch.nn.Module):
     def hyperparameters(self) -> Dict:
         """Constructor arguments, stored in the model file so that the model can be rebuilt."""
         raise NotImplementedError
+
+    def deployment_metadata(self) -> Dict:
+        """Extra metadata-record fields the front ends need to run this kind (none by default)."""
+        return {}
+
+    def deployable_module(self) -> torch.nn.Module:
+        """The module that ``mlpot export`` scripts: by default the edge-gradient contract."""
+        from ..model_file import EdgeGradientModel
+
+        return EdgeGradientModel(self)
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor,
                 edge_vectors: torch.Tensor) -> torch.Tensor:

