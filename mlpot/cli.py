@@ -25,19 +25,25 @@ def _info(args):
         ("exported with", f"mlpot {record['mlpot_version']}, torch {record['torch_version']}"),
         ("exported on", record["exported"]),
     ]
-    rows += [(f"metadata: {key}", value) for key, value in record["metadata"].items()]
+    rows += [(f"metadata: {key}", _short(value)) for key, value in record["metadata"].items()]
     width = max(len(name) for name, _ in rows)
     print(f"{args.model}")
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
 
 
+def _short(value, limit: int = 100) -> str:
+    """One table cell: nested provenance is summarised; `mlpot info --json` shows all of it."""
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= limit else text[:limit - 20] + " … (see --json)"
+
+
 def _export(args):
     from .checkpoint import load_checkpoint
     from .model_file import export_model
 
-    model, _ = load_checkpoint(args.checkpoint)
-    metadata = dict(item.split("=", 1) for item in args.metadata)
+    model, state = load_checkpoint(args.checkpoint)
+    metadata = {**state.get("metadata", {}), **dict(item.split("=", 1) for item in args.metadata)}
     path = export_model(model, args.output, metadata=metadata, dtype=args.dtype)
     print(f"wrote {path}")
 
