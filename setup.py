@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension
@@ -77,10 +78,11 @@ class BuildExt(build_ext):
             self.parallel = os.cpu_count() or 1
 
     def get_ext_filename(self, fullname):
-        if fullname == PLUGIN_NAME:
-            # LAMMPS auto-loads files whose names end in "plugin.so".
-            return os.path.join(*fullname.split(".")) + ".so"
-        return super().get_ext_filename(fullname)
+        filename = super().get_ext_filename(fullname)
+        if fullname.split(".")[-1] == PLUGIN_NAME.split(".")[-1]:
+            # LAMMPS auto-loads files whose names end in "plugin.so": drop Python's suffix.
+            filename = filename[: -len(sysconfig.get_config_var("EXT_SUFFIX"))] + ".so"
+        return filename
 
     def build_extension(self, ext):
         if ext.name == PLUGIN_NAME:
@@ -110,9 +112,8 @@ def configure_plugin(ext, found):
     ext.libraries += ["torch", "torch_cpu", "c10"]
     ext.define_macros += [("_GLIBCXX_USE_CXX11_ABI", str(torch["cxx11_abi"])),
                           ("LAMMPS_SMALLBIG", None)]
-    if torch["cuda"]:
+    if torch["cuda"]:  # so that torch's CUDA kernels are loaded with the plugin
         ext.libraries += ["torch_cuda", "c10_cuda"]
-        ext.define_macros += [("MLPOT_WITH_CUDA", None)]
     print(f"mlpot: building the LAMMPS plugin against torch {torch['version']} "
           f"({'CUDA' if torch['cuda'] else 'CPU'}) and {found['lammps_include']}")
 
@@ -122,7 +123,7 @@ ext_modules = [
         "mlpot._kernel",
         sources("cpp_ext/python") + sources("cpp_ext"),
         include_dirs=["cpp_ext"],
-        extra_compile_args=CXXFLAGS,
+        extra_compile_args=list(CXXFLAGS),  # pybind11 edits this list in place
         cxx_std=17,
     )
 ]
