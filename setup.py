@@ -135,7 +135,7 @@ if plugin_sources:
             PLUGIN_NAME,
             plugin_sources + sources("cpp_ext"),
             include_dirs=["cpp_ext", "lammps_plugin"],
-            extra_compile_args=CXXFLAGS + ["-fPIC"],
+            extra_compile_args=CXXFLAGS + ["-fPIC", "-g0"],  # no debug info: 10 MB → 0.5 MB
             # liblammps and libmpi come from the process that loads the plugin.
             extra_link_args=["-Wl,--allow-shlib-undefined"],
             language="c++",

@@ -1,0 +1,106 @@
+/* mlpot: the one small interface between an MD front end and a deployed model file.
+ *
+ * Plain C++17, no torch and no LAMMPS headers: pair_mlpot.cpp (and any other front end) sees only
+ * this. A model takes a graph (atoms = nodes, directed edges within the cutoff) and returns the
+ * energy of the local atoms, their per-atom energies and g_e = dE/d(edge vector e) for every
+ * edge; the front end turns g into forces and virials (see docs/model_format.md).
+ *
+ * Implementations live behind DeployedModel and are picked by load_model() from the file's
+ * metadata record: the "edge_gradient" interface (a TorchScript module that returns g itself,
+ * e.g. PaiNN) is implemented in deployed_model.cpp. A "descriptor" interface (Behler-Parrinello:
+ * symmetry functions from the C++ kernel, a network per species, then the chain rule onto the
+ * edges) will be a second implementation behind the same class; the front end does not change.
+ */
+
+#ifndef MLPOT_DEPLOYED_MODEL_H
+#define MLPOT_DEPLOYED_MODEL_H
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace mlpot {
+
+// Every problem with a model file or its evaluation. what() names the problem and the fix.
+class ModelError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The checked metadata record of a model file (docs/model_format.md).
+struct ModelInfo {
+  std::string path;
+  int format_version = 0;
+  std::string artifact;            // "torchscript"
+  std::string interface;           // "edge_gradient" | "descriptor"
+  std::string kind;                // model_kind, e.g. "painn"
+  std::vector<std::string> species;  // species index -> chemical symbol
+  double cutoff = 0.0;             // Å: edges shorter than this must be given, both directions
+  int num_interactions = 0;        // message-passing layers
+  double interaction_range = 0.0;  // Å: how far an atom's energy reaches (ghost-shell width)
+  std::string dtype;               // "float32" | "float64"
+  std::string mlpot_version;
+  std::string torch_version;
+  std::string record;              // the raw JSON record
+};
+
+struct LoadOptions {
+  std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
+  int num_threads = 0;         // intra-op CPU threads; <= 0 keeps the library's current setting
+};
+
+// One evaluation. Nodes 0..n_local-1 are local atoms (their energies are summed), the rest are
+// ghosts (periodic images / atoms of other ranks) that carry edges for message passing.
+// All pointers are borrowed for the duration of compute().
+struct ModelInput {
+  int64_t n_atoms = 0;
+  int64_t n_local = 0;
+  const int64_t *species = nullptr;       // [n_atoms] index into ModelInfo::species
+  const double *positions = nullptr;      // [n_atoms][3] Å, or nullptr (shipped kinds ignore it)
+  int64_t n_edges = 0;
+  const int64_t *edge_index = nullptr;    // [2][n_edges]: all centres i, then all neighbours j
+  const double *edge_vectors = nullptr;   // [n_edges][3] Å: x_j - x_i
+};
+
+// Results in eV and eV/Å, double precision whatever the model's dtype. The arrays belong to the
+// model and stay valid until its next compute() call.
+struct ModelOutput {
+  double energy = 0.0;                     // sum of the local atoms' energies
+  const double *atom_energies = nullptr;   // [n_local]
+  const double *edge_gradient = nullptr;   // [n_edges][3]: dE/d(edge_vectors[e])
+};
+
+class DeployedModel {
+ public:
+  virtual ~DeployedModel() = default;
+  DeployedModel(const DeployedModel &) = delete;
+  DeployedModel &operator=(const DeployedModel &) = delete;
+
+  const ModelInfo &info() const { return info_; }
+
+  // Evaluates the model; throws ModelError with a readable message on failure.
+  virtual ModelOutput compute(const ModelInput &input) = 0;
+
+  // Intra-op threads for CPU work (<= 0: leave as is); returns the number now in use.
+  virtual int set_num_threads(int num_threads) = 0;
+
+  // One line for logs, e.g. "TorchScript (edge_gradient) on cpu, float64, 4 threads".
+  virtual std::string description() const = 0;
+
+ protected:
+  explicit DeployedModel(ModelInfo info) : info_(std::move(info)) {}
+  ModelInfo info_;
+};
+
+// Reads and checks a file's metadata record without running (or loading) the model.
+ModelInfo read_model_info(const std::string &path);
+
+// Loads a model file with the implementation its metadata asks for.
+std::unique_ptr<DeployedModel> load_model(const std::string &path,
+                                          const LoadOptions &options = LoadOptions());
+
+}    // namespace mlpot
+
+#endif
