@@ -13,12 +13,14 @@ import json
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import TYPE_CHECKING, Dict, Optional, Union
 
 import torch
 
 from ._version import __version__
-from .models.base import AtomicEnergyModel
+
+if TYPE_CHECKING:  # model kinds register deployed interfaces here: import them only lazily
+    from .models.base import AtomicEnergyModel
 
 FORMAT_NAME = "mlpot-model"
 FORMAT_VERSION = 1
@@ -39,7 +41,7 @@ class EdgeGradientModel(torch.nn.Module):
     Training uses the same module with ``create_graph=True`` to differentiate through forces.
     """
 
-    def __init__(self, model: AtomicEnergyModel, create_graph: bool = False):
+    def __init__(self, model: "AtomicEnergyModel", create_graph: bool = False):
         super().__init__()
         self.model = model
         self.create_graph = create_graph
@@ -58,7 +60,7 @@ class EdgeGradientModel(torch.nn.Module):
         return {"energy": energy, "atom_energies": atom_energies, "edge_gradient": gradient}
 
 
-def export_model(model: AtomicEnergyModel, path: Union[str, Path], metadata: Optional[Dict] = None,
+def export_model(model: "AtomicEnergyModel", path: Union[str, Path], metadata: Optional[Dict] = None,
                  dtype: str = "float64") -> Path:
     """Write ``model`` as a self-describing deployable file; ``metadata`` is free-form provenance."""
     if dtype not in DTYPES:

@@ -2,7 +2,8 @@
 
 from .base import AtomicEnergyModel
 from .painn import PaiNN
+from .behler_parrinello import BehlerParrinello
 
-MODEL_KINDS = {cls.kind: cls for cls in (PaiNN,)}
+MODEL_KINDS = {cls.kind: cls for cls in (PaiNN, BehlerParrinello)}
 
-__all__ = ["AtomicEnergyModel", "PaiNN", "MODEL_KINDS"]
+__all__ = ["AtomicEnergyModel", "PaiNN", "BehlerParrinello", "MODEL_KINDS"]

@@ -1,0 +1,141 @@
+// Atom-centred symmetry functions (Behler 2011) and their analytic derivatives with respect to
+// every edge vector, from a full edge list.
+//
+// Pure C++17: compiled into both the Python module (mlpot._kernel) and the LAMMPS plugin, so it
+// must not include Python, pybind11, torch or LAMMPS headers.
+//
+// Definitions (r_a = |r_ij|, r_b = |r_ik|, r_jk = |r_ik − r_ij|, cos θ = r_ij·r_ik / (r_a r_b)):
+//   G2(η, r_s)  = Σ_j        exp(−η (r_ij − r_s)²) f_c(r_ij)                                 (rc)
+//   G4(η, ζ, λ) = 2^{1−ζ} Σ_{j<k} (1 + λ cos θ)^ζ exp(−η (r_a² + r_b² + r_jk²))
+//                 × f_c(r_a) f_c(r_b) f_c(r_jk)
+//   G5(η, ζ, λ) = 2^{1−ζ} Σ_{j<k} (1 + λ cos θ)^ζ exp(−η (r_a² + r_b²))         f_c(r_a) f_c(r_b)
+// Radial functions use the cutoff `cutoff`, angular ones `angular_cutoff` (≤ cutoff) for every
+// distance, r_jk included. The sum over j < k runs over unordered pairs of distinct *edges* of the
+// centre (a periodic image is its own edge).
+//
+// Cutoff functions (x = r / rc, f_c = 0 for r ≥ rc):
+//   cosine:     f_c = ½ (cos(π x) + 1)                 continuous value and 1st derivative at rc
+//   polynomial: f_c = 1 − 10 x³ + 15 x⁴ − 6 x⁵        continuous value, 1st and 2nd derivative
+//               (n2p2's "poly2")
+//
+// Feature layout of one centre (S species, P = S (S + 1) / 2 unordered species pairs):
+//   [ radial block of neighbour species 0 | … | species S−1 | angular block of pair 0 | … | P−1 ]
+//   radial block: the radial functions in the order given;
+//   angular block of the pair (s, t), s ≥ t, has index s (s + 1) / 2 + t  — i.e. (0,0), (1,0),
+//   (1,1), (2,0), (2,1), (2,2), …; inside it, the angular functions in the order given.
+//   The same parameters apply to every centre species (per-species networks tell them apart).
+//
+// Derivatives are stored per edge: dG[e, f, :] = ∂G_{i(e), f} / ∂r_e with r_e = r_j − r_i, for the
+// edges e whose centre i(e) is computed; all other rows are zero. The energy gradient per edge is
+// then g_e = Σ_f (∂E/∂G_{i(e), f}) dG[e, f, :].
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mlpot {
+
+enum class CutoffFunction { cosine, polynomial };
+
+/// "cosine" or "polynomial"; anything else throws std::invalid_argument.
+CutoffFunction parse_cutoff_function(const std::string& name);
+const char* cutoff_function_name(CutoffFunction function);
+
+struct RadialSymmetryFunction {
+    double eta;  ///< width η (1/Å²), ≥ 0
+    double r_s;  ///< centre r_s (Å), ≥ 0
+};
+
+struct AngularSymmetryFunction {
+    enum class Kind { G4, G5 };
+    Kind kind;
+    double eta;     ///< η (1/Å²), ≥ 0
+    double zeta;    ///< ζ ≥ 1
+    double lambda;  ///< λ = −1 or +1
+};
+
+struct SymmetryFunctionParameters {
+    int num_species = 0;
+    double cutoff = 0.0;          ///< radial cutoff (Å)
+    double angular_cutoff = 0.0;  ///< angular cutoff (Å), 0 < angular_cutoff ≤ cutoff
+    CutoffFunction cutoff_function = CutoffFunction::cosine;
+    std::vector<RadialSymmetryFunction> radial;
+    std::vector<AngularSymmetryFunction> angular;
+};
+
+/// A full edge list: edge e goes from centre[e] to neighbour[e], vector r_neighbour − r_centre
+/// (+ periodic shift). Edges need not be sorted, and edges longer than the cutoff are ignored
+/// (a neighbour list with a skin can be passed as is).
+struct EdgeList {
+    std::int64_t num_atoms = 0;
+    const std::int64_t* species = nullptr;    ///< [num_atoms], 0 ≤ species < num_species
+    std::int64_t num_edges = 0;
+    const std::int64_t* centre = nullptr;     ///< [num_edges]
+    const std::int64_t* neighbour = nullptr;  ///< [num_edges]
+    const double* vectors = nullptr;          ///< [num_edges, 3]
+};
+
+class SymmetryFunctions {
+public:
+    /// Checks the parameters; throws std::invalid_argument saying what to fix.
+    explicit SymmetryFunctions(SymmetryFunctionParameters parameters);
+
+    const SymmetryFunctionParameters& parameters() const { return parameters_; }
+    int num_features() const { return num_features_; }
+    int num_radial_features() const { return num_species_ * num_radial_; }
+
+    /// Descriptors of `centres` (atom indices, any order, repeats allowed) into
+    /// descriptors[n_centres, F]; and, if `derivatives` is not null, ∂G/∂r_e into
+    /// derivatives[num_edges, F, 3] (every row written, see the file header).
+    void compute(const EdgeList& edges, const std::int64_t* centres, std::int64_t n_centres,
+                 double* descriptors, double* derivatives) const;
+
+    /// Chain rule with stored derivatives: gradient[e] = Σ_f dE_dG[row(e), f] derivatives[e, f]
+    /// where row(e) is the position of centre(e) in `centres` (0 if not there).
+    /// `centres` must not repeat atoms.
+    void contract(const EdgeList& edges, const std::int64_t* centres, std::int64_t n_centres,
+                  const double* derivatives, const double* dE_dG, double* gradient) const;
+
+    /// The same gradient[num_edges, 3] without storing derivatives: they are recomputed one centre
+    /// at a time and contracted with dE_dG[n_centres, F] group by group (per (η, kind), never per
+    /// function): about the cost of compute() with derivatives, without its O(E × F) memory.
+    /// `centres` must not repeat atoms.
+    void gradient(const EdgeList& edges, const std::int64_t* centres, std::int64_t n_centres,
+                  const double* dE_dG, double* gradient) const;
+
+    struct Workspace;  // per-call scratch (defined in the .cpp)
+
+private:
+    // One centre: descriptor (angular part skipped in chain-rule mode), derivative pieces in
+    // `work`; with angular_weights (dE/dG of the angular block, internal order) the angular
+    // derivatives are contracted on the fly (chain-rule mode, used by gradient()).
+    void compute_centre(const EdgeList& edges, const std::int64_t* edge_ids, std::int64_t n_edges,
+                        Workspace& work, double* descriptor, bool derivatives,
+                        const double* angular_weights = nullptr) const;
+
+    SymmetryFunctionParameters parameters_;
+    int num_species_ = 0;
+    int num_radial_ = 0;
+    int num_angular_ = 0;
+    int num_pairs_ = 0;
+    int num_features_ = 0;
+    std::vector<double> radial_eta_, radial_r_s_;
+
+    // Angular functions are evaluated in an internal order grouped by (η, kind): a group shares
+    // the distance factor exp(−η …) f_c f_c (f_c). angular_order_[internal] = user index.
+    std::vector<int> angular_order_;
+    std::vector<double> group_eta_;        // per group
+    std::vector<int> group_g4_;            // 1: G4 (has the r_jk factor), 0: G5
+    std::vector<int> group_begin_, group_end_;  // internal function range
+    std::vector<int> group_eta_index_;     // into distinct_eta_
+    std::vector<double> distinct_eta_;     // η of the per-edge factors exp(−η r²) f_c(r)
+    // Distinct (ζ, λ): the angular factor 2^{1−ζ} (1 + λ cos θ)^ζ and its derivative.
+    std::vector<double> power_zeta_, power_lambda_;
+    std::vector<double> power_scale_, power_dscale_;  // 2^{1−ζ}, ζ λ 2^{1−ζ}
+    std::vector<int> power_exponent_;  // ζ − 1 when ζ is an integer ≤ 64, else −1
+    std::vector<int> function_power_;  // internal function → power index
+    int ladder_bits_ = 1;              // squares x, x², x⁴, … used for the integer ζ − 1
+};
+
+}  // namespace mlpot
