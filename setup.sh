@@ -8,7 +8,7 @@ python=${PYTHON:-python3}
 pip() { .venv/bin/python -m pip "$@"; }
 # A looser torch requirement would pull the CUDA build (several GB); pin the CPU build.
 pip install --quiet --disable-pip-version-check "torch==2.13.0"
-pip install --quiet --disable-pip-version-check "setuptools>=68" wheel "pybind11>=2.12"
+pip install --quiet --disable-pip-version-check "setuptools>=77" wheel "pybind11>=2.12"
 # --no-build-isolation: build against the torch installed above (see docs/building.md).
 pip install --quiet --disable-pip-version-check --no-build-isolation --editable ".[test]"
 echo "mlpot installed in $(pwd)/.venv"
