@@ -54,7 +54,7 @@ def _neighbours(args):
 
     from .neighbours import neighbour_list
 
-    atoms = ase.build.bulk(args.element, cubic=True) * (args.repeat,) * 3
+    atoms = ase.build.bulk(args.element, cubic=True) * (args.repeat, args.repeat, args.repeat)
     i, d = neighbour_list("id", atoms, args.cutoff)
     counts = np.bincount(i, minlength=len(atoms))
     print(f"{atoms.get_chemical_formula()}: {len(atoms)} atoms, cutoff {args.cutoff} Å")

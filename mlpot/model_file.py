@@ -115,6 +115,11 @@ def read_metadata(path: Union[str, Path]) -> Dict:
                     f"{METADATA_RECORD} record); export models with `mlpot export`"
                 )
             record = json.loads(archive.read(names[0]))
+            damaged = archive.testzip()  # torch does not check the CRCs of what it loads
+            if damaged is not None:
+                raise ModelFileError(
+                    f"{str(path)!r} is corrupted (checksum mismatch in {damaged}); re-export it "
+                    "with `mlpot export` or download it again")
     except (zipfile.BadZipFile, json.JSONDecodeError, OSError, EOFError) as error:
         raise ModelFileError(
             f"{str(path)!r} is corrupted ({error}); re-export it with `mlpot export`"

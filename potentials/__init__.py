@@ -20,9 +20,9 @@ def example_structure(name: str, repeat: int = 3) -> Atoms:
     """A structure inside the training domain of a shipped potential, for demos and checks."""
     key = name.lower()
     if key == "si":
-        return bulk("Si", "diamond", a=5.47, cubic=True) * (repeat,) * 3
+        return bulk("Si", "diamond", a=5.47, cubic=True) * (repeat, repeat, repeat)
     if key == "sic":
-        return bulk("SiC", "zincblende", a=4.32, cubic=True) * (repeat,) * 3
+        return bulk("SiC", "zincblende", a=4.32, cubic=True) * (repeat, repeat, repeat)
     if key == "water":  # a roughly cyclic (H2O)3
         trimer = Atoms()
         for k in range(3):
