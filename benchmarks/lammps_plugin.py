@@ -4,10 +4,12 @@ For each size (1k ... 32k atoms) and rank count it runs a short NVE trajectory (
 that lets TorchScript's profiling executor settle) and reports ns/day, µs per atom-step, the share
 of the step spent inside the model call (the pair style's own timer, printed by its finish()) and
 everything else (graph building, force/virial sums, neighbour lists, ghost communication,
-integration), plus the same system with Stillinger-Weber for scale.
+integration), plus the same system with Stillinger-Weber for scale. Two random models, one per
+front-end interface: a PaiNN ("painn", edge_gradient) and a Behler-Parrinello model ("bp",
+descriptor: C++ symmetry functions + networks + chain rule).
 
     python benchmarks/lammps_plugin.py                       # 1k-32k atoms, 1 and 2 ranks
-    python benchmarks/lammps_plugin.py --max-atoms 8000 --steps 10
+    python benchmarks/lammps_plugin.py --max-atoms 8000 --steps 10 --kinds bp
     python benchmarks/lammps_plugin.py --model my_model.pt   # a real model (species must have Si)
 
 Threads are pinned to one per rank (OMP_NUM_THREADS=1), as in production MPI runs. "CPU %" is
@@ -77,6 +79,36 @@ def default_model(folder: Path) -> str:
     return str(export_model(model, folder / "painn_si.pt", dtype="float64"))
 
 
+def default_bp_model(folder: Path) -> str:
+    """A random Behler-Parrinello model for Si: cutoff 6 Å, 8 G2 + 16 G4 functions (24 features,
+    a typical small set), two hidden layers of 16, features normalised on rattled diamond."""
+    import numpy as np  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+    from ase.build import bulk  # noqa: PLC0415
+
+    from mlpot.model_file import export_model  # noqa: PLC0415
+    from mlpot.models import BehlerParrinello  # noqa: PLC0415
+    from mlpot.neighbours import neighbour_list  # noqa: PLC0415
+
+    cutoff = 6.0
+    functions = {
+        "cutoff": cutoff, "cutoff_function": "cosine",
+        "radial": [[eta, 0.0] for eta in (0.003, 0.01, 0.02, 0.035, 0.06, 0.1, 0.2, 0.4)],
+        "angular": [["G4", eta, zeta, lam] for eta in (0.001, 0.01)
+                    for zeta in (1.0, 2.0, 4.0, 16.0) for lam in (1.0, -1.0)],
+    }
+    torch.manual_seed(0)
+    model = BehlerParrinello(["Si"], functions, hidden_layers=[16, 16]).double()
+    atoms = bulk("Si", "diamond", a=5.431, cubic=True).repeat(2)
+    atoms.rattle(0.1, seed=1)
+    i, j, d = neighbour_list("ijD", atoms, cutoff)
+    species = torch.zeros(len(atoms), dtype=torch.long)
+    model.fit_normalisation(model.descriptors(species, torch.from_numpy(np.stack([i, j])),
+                                              torch.from_numpy(d)), species)
+    model.set_energy_shift_scale(torch.tensor([-4.6]), torch.tensor([1.0]))
+    return str(export_model(model, folder / "bp_si.pt", dtype="float64"))
+
+
 def run(deck: str, ranks: int, folder: Path, name: str) -> str:
     path = folder / f"{name}.in"
     path.write_text(deck)
@@ -127,7 +159,9 @@ def parse(log: str, atoms: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="model file (default: a random PaiNN for Si)")
+    parser.add_argument("--model", help="model file (default: the random models of --kinds)")
+    parser.add_argument("--kinds", nargs="+", default=["painn", "bp"], choices=["painn", "bp"],
+                        help="which random default models to run (ignored with --model)")
     parser.add_argument("--sizes", type=int, nargs="+", default=sorted(CELLS),
                         choices=sorted(CELLS), help="nominal atom counts")
     parser.add_argument("--max-atoms", type=int, default=32000, help="skip larger sizes")
@@ -147,9 +181,14 @@ def main():
     sw_file = Path(lammps.__file__).parent / "share" / "lammps" / "potentials" / "Si.sw"
     with tempfile.TemporaryDirectory(prefix="mlpot_bench_") as tmp:
         folder = Path(tmp)
-        model = args.model or default_model(folder)
-        print(f"model: {model}; {args.steps} timed steps after {args.warmup} warm-up steps; "
-              f"skin {args.skin} Å; 1 thread per rank; pair_style mlpot {args.pair_options}")
+        if args.model:
+            models = {Path(args.model).stem: args.model}
+        else:
+            makers = {"painn": default_model, "bp": default_bp_model}
+            models = {kind: makers[kind](folder) for kind in args.kinds}
+        print(f"models: {', '.join(f'{k} = {v}' for k, v in models.items())}; {args.steps} timed "
+              f"steps after {args.warmup} warm-up steps; skin {args.skin} Å; 1 thread per rank; "
+              f"pair_style mlpot {args.pair_options}")
         header = (f"{'atoms':>6} {'ranks':>5} {'style':>6} {'ns/day':>8} {'µs/atom-step':>12} "
                   f"{'ms/step':>9} {'model %':>7} {'outside %':>9} {'graph+sums %':>12} "
                   f"{'Neigh %':>7} {'Comm %':>6} {'ghosts/rank':>11} {'CPU %':>6}")
@@ -161,15 +200,16 @@ def main():
             cells = CELLS[nominal]
             atoms = 8 * cells**3
             for ranks in args.ranks:
-                styles = [("mlpot", f"pair_style mlpot {args.pair_options}\n"
-                                    f"pair_coeff * * {model} Si")]
+                styles = [(name, f"pair_style mlpot {args.pair_options}\n"
+                                 f"pair_coeff * * {model} Si") for name, model in models.items()]
                 if not args.no_sw:
                     styles.append(("sw", f"pair_style sw\npair_coeff * * {sw_file} Si"))
                 for style, pair_lines in styles:
+                    mlpot = style != "sw"
                     deck = DECK.format(
-                        plugin_line=f"plugin load {plugin_path()}" if style == "mlpot" else "",
+                        plugin_line=f"plugin load {plugin_path()}" if mlpot else "",
                         cells=cells, pair_lines=pair_lines, skin=args.skin, steps=args.steps,
-                        warmup=args.warmup if style == "mlpot" else 1)
+                        warmup=args.warmup if mlpot else 1)
                     r = parse(run(deck, ranks, folder, f"{style}_{atoms}_{ranks}"), atoms)
                     model_pct = (100.0 * r["model_s"] / r["loop_s"]) if "model_s" in r else None
                     print(f"{atoms:>6} {ranks:>5} {style:>6} {r['ns_per_day']:>8.4g} "

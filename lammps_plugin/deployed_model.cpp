@@ -1,7 +1,10 @@
-/* mlpot: reading model files and running the TorchScript "edge_gradient" interface.
+/* mlpot: reading model files and running them: the TorchScript "edge_gradient" interface (e.g.
+ * PaiNN) and the "descriptor" interface (Behler-Parrinello: symmetry functions from the C++
+ * kernel, scripted per-species networks, chain rule back onto the edges).
  *
- * The only translation unit of the plugin that includes torch headers. See deployed_model.h for
- * the interface and docs/model_format.md for the file format.
+ * The only translation unit of the plugin that includes torch headers (the kernel,
+ * symmetry_functions.hpp, is plain C++). See deployed_model.h for the interface,
+ * docs/model_format.md for the file format and docs/behler_parrinello.md for the descriptor one.
  */
 
 #include "deployed_model.h"
@@ -15,15 +18,18 @@
 #endif
 #include <ATen/Parallel.h>
 #include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 #include <torch/version.h>
 #pragma GCC diagnostic pop
 
 #include "nlohmann/json.hpp"    // header-only; ships with the LAMMPS headers (namespace nlohmann_lmp)
+#include "symmetry_functions.hpp"    // the C++ kernel shared with mlpot._kernel
 
 #include <cstring>
 #include <fstream>
+#include <numeric>
 #include <sstream>
 #include <utility>
 
@@ -161,13 +167,12 @@ ModelInfo parse_record(const std::string &text, const std::string &path)
 }
 
 /* ---------------------------------------------------------------------------------------------
-   The "edge_gradient" interface: forward(positions, species, edge_index, edge_vectors, n_local)
-   -> {"energy", "atom_energies", "edge_gradient"}, with the gradient taken inside forward.
+   What both interfaces share: a TorchScript module on a device, in a dtype, with CPU threads.
 ------------------------------------------------------------------------------------------------ */
 
-class TorchScriptEdgeModel final : public DeployedModel {
+class TorchScriptModel : public DeployedModel {
  public:
-  TorchScriptEdgeModel(ModelInfo info, const LoadOptions &options)
+  TorchScriptModel(ModelInfo info, const LoadOptions &options)
       : DeployedModel(std::move(info)), device_(torch::kCPU)
   {
     try {
@@ -217,17 +222,47 @@ class TorchScriptEdgeModel final : public DeployedModel {
   std::string description() const override
   {
     std::ostringstream text;
-    text << "TorchScript (" << info_.interface << ") on " << device_.str() << ", " << info_.dtype;
+    text << "TorchScript (" << info_.interface << extra_description() << ") on " << device_.str()
+         << ", " << info_.dtype;
     if (device_.is_cpu()) text << ", " << at::get_num_threads() << " thread(s)";
     return text.str();
   }
 
-  ModelOutput compute(const ModelInput &in) override
+ protected:
+  virtual std::string extra_description() const { return ""; }
+
+  static void check_sizes(const ModelInput &in)
   {
     if (in.n_local < 0 || in.n_local > in.n_atoms || in.n_edges < 0)
       throw ModelError("mlpot: inconsistent graph sizes (n_atoms " + std::to_string(in.n_atoms) +
                        ", n_local " + std::to_string(in.n_local) + ", n_edges " +
                        std::to_string(in.n_edges) + ")");
+  }
+
+  std::string failure(const ModelInput &in, const std::exception &error) const
+  {
+    return "mlpot: the model failed on a graph of " + std::to_string(in.n_atoms) + " atoms (" +
+        std::to_string(in.n_local) + " local) and " + std::to_string(in.n_edges) + " edges: " +
+        first_line(error.what());
+  }
+
+  torch::Device device_;
+  torch::Dtype dtype_ = torch::kFloat64;
+  torch::jit::Module module_;
+};
+
+/* ---------------------------------------------------------------------------------------------
+   The "edge_gradient" interface: forward(positions, species, edge_index, edge_vectors, n_local)
+   -> {"energy", "atom_energies", "edge_gradient"}, with the gradient taken inside forward.
+------------------------------------------------------------------------------------------------ */
+
+class TorchScriptEdgeModel final : public TorchScriptModel {
+ public:
+  using TorchScriptModel::TorchScriptModel;
+
+  ModelOutput compute(const ModelInput &in) override
+  {
+    check_sizes(in);
     // Autograd runs inside the scripted forward: gradient mode must be on, inference mode off.
     c10::InferenceMode inference_off(false);
     torch::AutoGradMode grad_on(true);
@@ -260,9 +295,7 @@ class TorchScriptEdgeModel final : public DeployedModel {
     try {
       result = module_.forward({positions, species, edge_index, edge_vectors, in.n_local});
     } catch (const std::exception &error) {
-      throw ModelError("mlpot: the model failed on a graph of " + std::to_string(in.n_atoms) +
-                       " atoms (" + std::to_string(in.n_local) + " local) and " +
-                       std::to_string(in.n_edges) + " edges: " + first_line(error.what()));
+      throw ModelError(failure(in, error));
     }
     if (!result.isGenericDict())
       throw ModelError(path_str(info_.path) + ": forward() did not return a Dict[str, Tensor]; "
@@ -293,10 +326,179 @@ class TorchScriptEdgeModel final : public DeployedModel {
   }
 
  private:
-  torch::Device device_;
-  torch::Dtype dtype_ = torch::kFloat64;
-  torch::jit::Module module_;
   torch::Tensor energy_, atom_energies_, edge_gradient_;    // keep the outputs alive
+};
+
+/* ---------------------------------------------------------------------------------------------
+   The "descriptor" interface (Behler-Parrinello). The file's module is only the networks,
+   forward(descriptors[N, F], species[N]) -> atom_energies[N]; the symmetry-function set is in
+   the metadata record ("symmetry_functions", SymmetryFunctionSet.to_dict() form). Per call, for
+   the local atoms 0 .. n_local-1 (the centres):
+     1. G[n_local, F] with the kernel (edges centred on ghosts are ignored, and get g_e = 0);
+     2. E_i = forward(G, species[0:n_local]); dE/dG by autograd;
+     3. g_e = sum_f dE/dG[i(e), f] dG_{i(e), f}/dr_e with the kernel's fused chain rule.
+   The same steps as mlpot.models.behler_parrinello.DescriptorDeployedModel (ASE).
+------------------------------------------------------------------------------------------------ */
+
+// The kernel's parameters from record["symmetry_functions"]; entries as objects ({"eta", "r_s"},
+// {"kind", "eta", "zeta", "lambda"}) or lists ([eta, r_s], [kind, eta, zeta, lambda]).
+SymmetryFunctionParameters parse_symmetry_functions(const ModelInfo &info)
+{
+  const std::string where = path_str(info.path) + ": metadata field 'symmetry_functions'";
+  const std::string fix = "; re-export the model with `mlpot export`";
+  json record;
+  try {
+    record = json::parse(info.record);
+  } catch (const std::exception &error) {
+    throw ModelError(path_str(info.path) + ": metadata record is not valid JSON (" +
+                     first_line(error.what()) + ")" + fix);
+  }
+  if (!record.contains("symmetry_functions") || !record["symmetry_functions"].is_object())
+    throw ModelError(path_str(info.path) + " is a '" + info.kind + "' model (descriptor "
+                     "interface) but its metadata record has no 'symmetry_functions' object" + fix);
+  const json &r = record["symmetry_functions"];
+  SymmetryFunctionParameters p;
+  try {
+    const auto species = r.at("species").get<std::vector<std::string>>();
+    if (species != info.species)
+      throw ModelError(where + " is defined for species " + r.at("species").dump() +
+                       ", not the model's species" + fix);
+    p.num_species = static_cast<int>(species.size());
+    p.cutoff = r.at("cutoff").get<double>();
+    p.angular_cutoff = (r.contains("angular_cutoff") && !r["angular_cutoff"].is_null())
+        ? r["angular_cutoff"].get<double>()
+        : p.cutoff;
+    p.cutoff_function = parse_cutoff_function(r.value("cutoff_function", std::string("cosine")));
+    for (const auto &f : r.value("radial", json::array())) {
+      if (f.is_array())
+        p.radial.push_back({f.at(0).get<double>(), f.at(1).get<double>()});
+      else
+        p.radial.push_back({f.at("eta").get<double>(), f.value("r_s", 0.0)});
+    }
+    for (const auto &f : r.value("angular", json::array())) {
+      const bool list = f.is_array();
+      const std::string kind = list ? f.at(0).get<std::string>()
+                                    : f.value("kind", std::string("G4"));
+      if (kind != "G4" && kind != "G5")
+        throw ModelError(where + ": unknown angular kind '" + kind + "' (G4 or G5)" + fix);
+      p.angular.push_back({kind == "G5" ? AngularSymmetryFunction::Kind::G5
+                                        : AngularSymmetryFunction::Kind::G4,
+                           (list ? f.at(1) : f.at("eta")).get<double>(),
+                           (list ? f.at(2) : f.at("zeta")).get<double>(),
+                           (list ? f.at(3) : f.at("lambda")).get<double>()});
+    }
+  } catch (const ModelError &) {
+    throw;
+  } catch (const std::invalid_argument &error) {    // parse_cutoff_function
+    throw ModelError(where + ": " + first_line(error.what()) + fix);
+  } catch (const std::exception &error) {    // missing keys, wrong types (nlohmann)
+    throw ModelError(where + " is malformed (" + first_line(error.what()) + ")" + fix);
+  }
+  // The front end provides edges up to the model's cutoff: the functions must not reach further.
+  if (p.cutoff > info.cutoff * (1.0 + 1e-12))
+    throw ModelError(where + " has cutoff " + std::to_string(p.cutoff) +
+                     " A, beyond the model's cutoff " + std::to_string(info.cutoff) + " A" + fix);
+  return p;
+}
+
+class DescriptorModel final : public TorchScriptModel {
+ public:
+  DescriptorModel(ModelInfo info, const LoadOptions &options)
+      : TorchScriptModel(std::move(info), options)
+  {
+    // The parameters are checked after the module loaded, so that a damaged file says so first.
+    const SymmetryFunctionParameters parameters = parse_symmetry_functions(info_);
+    try {
+      sf_.reset(new SymmetryFunctions(parameters));
+    } catch (const std::invalid_argument &error) {
+      throw ModelError(path_str(info_.path) + ": metadata field 'symmetry_functions' is invalid (" +
+                       first_line(error.what()) + "); re-export the model with `mlpot export`");
+    }
+  }
+
+  ModelOutput compute(const ModelInput &in) override
+  {
+    check_sizes(in);
+    const int64_t n = in.n_local;
+    const int64_t F = sf_->num_features();
+    const EdgeList edges{in.n_atoms, in.species, in.n_edges, in.edge_index,
+                         in.edge_index + in.n_edges, in.edge_vectors};
+    centres_.resize(n);
+    std::iota(centres_.begin(), centres_.end(), int64_t(0));
+    descriptors_.resize(n * F);
+    gradient_.assign(3 * in.n_edges, 0.0);
+    ModelOutput out;
+    if (n == 0) {    // no local atoms: no energy, no gradient
+      atom_energies_ = torch::zeros({0}, torch::kFloat64);
+      out.atom_energies = atom_energies_.data_ptr<double>();
+      out.edge_gradient = gradient_.data();
+      return out;
+    }
+
+    // 1. descriptors of the local atoms
+    try {
+      sf_->compute(edges, centres_.data(), n, descriptors_.data(), nullptr);
+    } catch (const std::invalid_argument &error) {
+      throw ModelError(failure(in, error));
+    }
+
+    // 2. atom energies and dE/dG (autograd: gradient mode on, inference mode off)
+    torch::Tensor dE_dG;
+    try {
+      c10::InferenceMode inference_off(false);
+      torch::AutoGradMode grad_on(true);
+      const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+      const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+      torch::Tensor G = torch::from_blob(descriptors_.data(), {n, F}, f64)
+                            .to(device_, dtype_)
+                            .detach()
+                            .requires_grad_(true);
+      torch::Tensor species = torch::from_blob(const_cast<int64_t *>(in.species), {n}, i64)
+                                  .to(device_);
+      torch::Tensor energies = module_.forward({G, species}).toTensor();
+      if (energies.numel() != n)
+        throw ModelError(path_str(info_.path) + ": forward() returned " +
+                         std::to_string(energies.numel()) + " atom energies for " +
+                         std::to_string(n) + " atoms; re-export the model with `mlpot export`");
+      torch::Tensor energy = energies.sum();
+      dE_dG = torch::autograd::grad({energy}, {G}, /*grad_outputs=*/{}, /*retain_graph=*/false,
+                                    /*create_graph=*/false, /*allow_unused=*/true)[0];
+      dE_dG = dE_dG.defined() ? dE_dG.detach().to(torch::kCPU, torch::kFloat64).contiguous()
+                              : torch::zeros({n, F}, f64);
+      energy_ = energy.detach().to(torch::kCPU, torch::kFloat64);
+      atom_energies_ = energies.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    } catch (const ModelError &) {
+      throw;
+    } catch (const std::exception &error) {
+      throw ModelError(failure(in, error));
+    }
+
+    // 3. chain rule onto the edges (derivatives recomputed centre by centre, never stored)
+    try {
+      sf_->gradient(edges, centres_.data(), n, dE_dG.data_ptr<double>(), gradient_.data());
+    } catch (const std::invalid_argument &error) {
+      throw ModelError(failure(in, error));
+    }
+
+    out.energy = energy_.item<double>();
+    out.atom_energies = atom_energies_.data_ptr<double>();
+    out.edge_gradient = gradient_.data();
+    return out;
+  }
+
+ protected:
+  std::string extra_description() const override
+  {
+    return ": " + std::to_string(sf_->num_features()) + " symmetry functions, " +
+        cutoff_function_name(sf_->parameters().cutoff_function) + " cutoff, C++ kernel";
+  }
+
+ private:
+  std::unique_ptr<SymmetryFunctions> sf_;
+  std::vector<int64_t> centres_;       // 0 .. n_local-1
+  std::vector<double> descriptors_;    // [n_local][F]
+  std::vector<double> gradient_;       // [n_edges][3]
+  torch::Tensor energy_, atom_energies_;    // keep the outputs alive
 };
 
 }    // namespace
@@ -312,8 +514,7 @@ std::unique_ptr<DeployedModel> load_model(const std::string &path, const LoadOpt
   if (info.interface == "edge_gradient")
     return std::unique_ptr<DeployedModel>(new TorchScriptEdgeModel(std::move(info), options));
   if (info.interface == "descriptor")
-    throw ModelError(path_str(path) + " is a '" + info.kind + "' model (descriptor interface), "
-                     "which this build of pair_style mlpot cannot run yet; upgrade mlpot");
+    return std::unique_ptr<DeployedModel>(new DescriptorModel(std::move(info), options));
   throw ModelError(path_str(path) + " uses the unknown interface '" + info.interface +
                    "'; upgrade mlpot");
 }

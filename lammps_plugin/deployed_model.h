@@ -5,11 +5,14 @@
  * energy of the local atoms, their per-atom energies and g_e = dE/d(edge vector e) for every
  * edge; the front end turns g into forces and virials (see docs/model_format.md).
  *
- * Implementations live behind DeployedModel and are picked by load_model() from the file's
- * metadata record: the "edge_gradient" interface (a TorchScript module that returns g itself,
- * e.g. PaiNN) is implemented in deployed_model.cpp. A "descriptor" interface (Behler-Parrinello:
- * symmetry functions from the C++ kernel, a network per species, then the chain rule onto the
- * edges) will be a second implementation behind the same class; the front end does not change.
+ * Implementations live behind DeployedModel (in deployed_model.cpp) and are picked by
+ * load_model() from the file's metadata record: the "edge_gradient" interface (a TorchScript
+ * module that returns g itself, e.g. PaiNN) and the "descriptor" interface (Behler-Parrinello:
+ * symmetry functions of the local atoms from the C++ kernel, a scripted network per species,
+ * dE/dG by autograd, then the kernel's chain rule onto the edges). The front end does not
+ * change: both return the same outputs. Descriptor models only read edges centred on local atoms
+ * (edges centred on ghosts get g_e = 0), which is what a front end that prunes by hop count
+ * (num_interactions = 1) hands them anyway.
  */
 
 #ifndef MLPOT_DEPLOYED_MODEL_H

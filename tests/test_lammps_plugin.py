@@ -2,8 +2,11 @@
 1 rank = 2 ranks, energy conservation, unit conversion, error messages, and plugin loading.
 
 The plugin must have been built (pip install -e . or python setup.py build_ext --inplace).
-Models are random PaiNNs with two message-passing layers and a non-trivial energy scale, so that
-the ghost shell (interaction range = 2 x cutoff) really matters. Threads are pinned to 1.
+The conformance tests run for both front-end interfaces, through the module-scoped ``kind``
+fixture: random PaiNNs ("edge_gradient") with two message-passing layers, so that the ghost shell
+(interaction range = 2 x cutoff) really matters, and random Behler-Parrinello models
+("descriptor": C++ symmetry functions, scripted networks, chain rule in the plugin) with G2, G4
+and G5 functions; both with a non-trivial energy scale. Threads are pinned to 1.
 """
 
 import importlib.metadata
@@ -24,10 +27,12 @@ from mlpot import edge_sums
 from mlpot import lammps as mlammps
 from mlpot.calculator import MLPotCalculator
 from mlpot.model_file import export_model, load_model
-from mlpot.models import PaiNN
+from mlpot.models import BehlerParrinello, PaiNN
 from mlpot.neighbours import neighbour_list
 
 SPECIES = ["Si", "C"]
+KINDS = ["painn", "behler_parrinello"]
+SINGLE_CELL = [[6.3, 0.0, 0.0], [1.2, 6.0, 0.0], [-0.9, 0.8, 6.6]]
 TEMPLATES = Path(__file__).parent / "lammps"
 METAL2REAL = 23.060549  # kcal/mol per eV, as LAMMPS' utils::get_conversion_factor
 RTOL = 1e-10
@@ -42,6 +47,76 @@ def random_painn(cutoff, num_features, num_radial=8, seed=0):
                   num_radial=num_radial)
     model.set_energy_shift_scale(torch.tensor([-4.5, -7.0]), torch.tensor([1.0, 1.5]))
     return model
+
+
+def random_behler_parrinello(cutoff, symmetry_functions, structures, hidden_layers=(16, 16),
+                             seed=0, repulsion=0.0):
+    """A random BP model whose features are normalised on ``structures`` (so that the untrained
+    networks are not saturated) and with an O(eV) energy scale.
+
+    ``repulsion`` > 0 (eV) adds a soft core for MD, so that the random energy landscape cannot
+    pull atoms on top of each other (a random BP has no repulsion: atoms fuse within a few hundred
+    fs at 1000 K and the integration fails). The first radial function must then be G2(η, r_s =
+    0) = Σ_j exp(−η r²) f_c(r): hidden unit 0 of each network carries it, unnormalised, through
+    the tanh layers in their linear range, so that E_i gains ≈ repulsion × G2_i."""
+    torch.manual_seed(seed)
+    model = BehlerParrinello(SPECIES, dict(symmetry_functions, cutoff=cutoff),
+                             hidden_layers=hidden_layers).double()
+    descriptors, species = [], []
+    for atoms in structures:
+        i, j, d = neighbour_list("ijD", atoms, cutoff)
+        z = torch.tensor([SPECIES.index(s) for s in atoms.get_chemical_symbols()])
+        descriptors.append(model.descriptors(z, torch.from_numpy(np.stack([i, j])),
+                                             torch.from_numpy(d)))
+        species.append(z)
+    model.fit_normalisation(torch.cat(descriptors), torch.cat(species))
+    scale = torch.tensor([1.0, 1.5])
+    model.set_energy_shift_scale(torch.tensor([-4.5, -7.0]), scale)
+    if repulsion > 0:
+        assert symmetry_functions["radial"][0][1] == 0.0
+        core = [s * len(symmetry_functions["radial"]) for s in range(len(SPECIES))]
+        gain = 0.05  # keeps tanh(gain × G2) linear up to G2 ~ 5 (atoms ~1 Å apart)
+        with torch.no_grad():
+            model.network.feature_mean[:, core] = 0.0
+            model.network.feature_std[:, core] = 1.0
+            for s, network in enumerate(model.network.networks):
+                linears = [layer for layer in network if isinstance(layer, torch.nn.Linear)]
+                for k, layer in enumerate(linears[:-1]):
+                    layer.weight[0] = 0.0
+                    layer.bias[0] = 0.0
+                    if k == 0:
+                        layer.weight[0, core] = gain
+                    else:
+                        layer.weight[0, 0] = 1.0
+                linears[-1].weight[0, 0] = repulsion / (gain * float(scale[s]))
+    return model
+
+
+# A few G2, G4 (and one G5) functions: 2 x 4 radial + 3 x 3 angular = 17 features.
+ACCURATE_SF = {"cutoff_function": "cosine",
+               "radial": [[0.5, 0.0], [1.0, 1.5], [2.0, 2.5], [3.0, 3.2]],
+               "angular": [["G4", 0.05, 1.0, 1.0], ["G4", 0.05, 2.0, -1.0],
+                           ["G5", 0.2, 4.0, 1.0]]}
+# For trajectories: the C2 polynomial cutoff, G2 and G4 only, 2 x 3 + 3 x 2 = 12 features; the
+# first G2 (η = 1/Å², r_s = 0) doubles as a soft core (random_behler_parrinello's `repulsion`).
+MD_SF = {"cutoff_function": "polynomial",
+         "radial": [[1.0, 0.0], [2.0, 2.0], [4.0, 2.5]],
+         "angular": [["G4", 0.1, 1.0, 1.0], ["G4", 0.1, 2.0, -1.0]]}
+MD_REPULSION = 20.0  # eV per unit of G2: 2 eV for a pair at 1.5 Å, 0.01 eV at 2.35 Å
+
+
+def export_accurate(kind, workdir, dtype="float64", name=None):
+    """Cutoff 4 Å: PaiNN with 2 interactions (ghost shell 8 Å + skin around a ~6 Å cell), BP with
+    one (its edges are those of the local atoms). Exported once per workdir."""
+    path = workdir / (name or f"accurate_{kind}.pt")
+    if not path.exists():
+        if kind == "painn":
+            model = random_painn(4.0, 16)
+        else:
+            model = random_behler_parrinello(
+                4.0, ACCURATE_SF, [random_atoms(SINGLE_CELL, 12, 1.8, seed) for seed in (3, 5)])
+        export_model(model, path, dtype=dtype)
+    return str(path)
 
 
 def random_atoms(cell, n_atoms, min_distance, seed):
@@ -136,21 +211,25 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("lammps_plugin")
 
 
-@pytest.fixture(scope="module")
-def accurate_model(workdir):
-    """Cutoff 4 Å, 2 interactions: a ghost shell of 8 Å + skin around a ~6 Å cell."""
-    return str(export_model(random_painn(4.0, 16), workdir / "accurate.pt", dtype="float64"))
+@pytest.fixture(scope="module", params=KINDS)
+def kind(request):
+    """The model kind of the conformance tests; module-scoped, so that the single point and the
+    serial trajectory of each kind are computed once and shared by its tests."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def md_model(workdir):
-    """A cheaper model for trajectories: cutoff 3 Å (first shell of Si), 2 interactions."""
-    return str(export_model(random_painn(3.0, 8, num_radial=4, seed=1), workdir / "md.pt",
-                            dtype="float64"))
+def accurate_model(kind, workdir):
+    return export_accurate(kind, workdir)
 
 
 @pytest.fixture(scope="module")
-def md_data(workdir):
+def painn_model(workdir):
+    """The accurate PaiNN, for tests that are about the pair style rather than the model kind."""
+    return export_accurate("painn", workdir)
+
+
+def md_atoms():
     """32 atoms of diamond Si/C (10.9 x 10.9 x 5.4 Å, slightly triclinic), rattled."""
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 2, 1))
     atoms.symbols[::3] = "C"
@@ -159,7 +238,26 @@ def md_data(workdir):
     cell[2, 1] = -0.3  # yz tilt
     atoms.set_cell(cell, scale_atoms=True)
     atoms.rattle(0.05, seed=7)
-    return str(mlammps.write_data(workdir / "md.data", atoms, SPECIES))
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def md_model(kind, workdir):
+    """A cheaper model for trajectories, cutoff 3 Å (first shell of Si): PaiNN with 2
+    interactions, or BP (normalised on the rattled crystal and a hotter copy of it)."""
+    if kind == "painn":
+        model = random_painn(3.0, 8, num_radial=4, seed=1)
+    else:
+        hot = md_atoms()
+        hot.rattle(0.15, seed=8)
+        model = random_behler_parrinello(3.0, MD_SF, [md_atoms(), hot], hidden_layers=(8, 8),
+                                         seed=1, repulsion=MD_REPULSION)
+    return str(export_model(model, workdir / f"md_{kind}.pt", dtype="float64"))
+
+
+@pytest.fixture(scope="module")
+def md_data(workdir):
+    return str(mlammps.write_data(workdir / "md.data", md_atoms(), SPECIES))
 
 
 # ---------------------------------------------------------------------- ASE vs LAMMPS (1 evaluation)
@@ -170,8 +268,7 @@ def single_point(plugin, workdir, accurate_model):
     """One evaluation of a 12-atom triclinic Si/C cell in LAMMPS and in ASE."""
     from lammps import LMP_STYLE_ATOM, LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY, LMP_TYPE_VECTOR
 
-    cell = [[6.3, 0.0, 0.0], [1.2, 6.0, 0.0], [-0.9, 0.8, 6.6]]
-    atoms = random_atoms(cell, 12, min_distance=1.8, seed=3)
+    atoms = random_atoms(SINGLE_CELL, 12, min_distance=1.8, seed=3)
     data = mlammps.write_data(workdir / "single.data", atoms, SPECIES)
     lmp = quiet_lammps()
     lmp.commands_string(f"""
@@ -275,11 +372,11 @@ def test_centroid_atom_virial_matches_edge_sums(single_point):
     assert np.abs(lmp["centroid"][:, 3] - lmp["centroid"][:, 6]).max() > 1e-8
 
 
-def test_float32_model_matches_ase(plugin, workdir):
+def test_float32_model_matches_ase(plugin, workdir, kind):
     """A float32 model: inputs are converted, outputs come back as double; LAMMPS and ASE run
     the same float32 arithmetic on the same edges, up to summation order."""
-    path = export_model(random_painn(4.0, 16), workdir / "single.pt", dtype="float32")
-    atoms = random_atoms([[6.3, 0.0, 0.0], [1.2, 6.0, 0.0], [-0.9, 0.8, 6.6]], 12, 1.8, seed=3)
+    path = export_accurate(kind, workdir, dtype="float32", name=f"float32_{kind}.pt")
+    atoms = random_atoms(SINGLE_CELL, 12, 1.8, seed=3)
     data = mlammps.write_data(workdir / "float32.data", atoms, SPECIES)
     lmp = quiet_lammps()
     try:
@@ -310,8 +407,9 @@ def test_float32_model_matches_ase(plugin, workdir):
 
 def test_pruned_graph_gives_the_same_results(plugin, workdir, accurate_model):
     """`prune no` hands the model every ghost and edge; pruning drops only what local energies
-    cannot depend on, so energies, forces and virials agree to round-off."""
-    atoms = random_atoms([[6.3, 0.0, 0.0], [1.2, 6.0, 0.0], [-0.9, 0.8, 6.6]], 12, 1.8, seed=5)
+    cannot depend on, so energies, forces and virials agree to round-off. (For BP, pruning keeps
+    only the edges centred on local atoms: those centred on ghosts must not matter.)"""
+    atoms = random_atoms(SINGLE_CELL, 12, 1.8, seed=5)
     data = mlammps.write_data(workdir / "prune.data", atoms, SPECIES)
     results = {}
     for prune in ("yes", "no"):
@@ -341,22 +439,25 @@ def test_pruned_graph_gives_the_same_results(plugin, workdir, accurate_model):
 
 
 @pytest.fixture(scope="module")
-def serial_trajectory(plugin, workdir, md_model, md_data):
-    dump = workdir / "serial.dump"
+def serial_trajectory(plugin, workdir, kind, md_model, md_data):
+    """200 NVE steps (metal units) on one rank: the reference of the 2-rank and real-units runs."""
+    dump = workdir / f"serial_{kind}.dump"
     result = run_lammps(TEMPLATES / "md.in", {"plugin": plugin, "data": md_data, "model": md_model,
                                               "nsteps": 200, "dump": dump}, workdir)
     return read_dump(dump), result.stdout
 
 
 @pytest.mark.parametrize("grid", ["* * *", "1 1 2"], ids=["default-grid", "thin-z-slabs"])
-def test_two_ranks_match_one_rank(plugin, workdir, md_model, md_data, serial_trajectory, grid):
+def test_two_ranks_match_one_rank(plugin, workdir, kind, md_model, md_data, serial_trajectory,
+                                  grid):
     """200 NVE steps with neighbour-list rebuilds; "1 1 2" cuts 2.7 Å slabs, thinner than the
-    6 Å interaction range, so most of each rank's ghost shell comes from the other rank."""
+    interaction range (6 Å for PaiNN, 3 Å for BP), so most of each rank's ghost shell comes from
+    the other rank."""
     serial, serial_log = serial_trajectory
     builds = int(serial_log.split("Neighbor list builds =")[1].split()[0])
     assert builds >= 3, "the run must rebuild neighbour lists to test ghost migration"
     px, py, pz = grid.split()
-    dump = workdir / f"parallel_{px}{py}{pz}.dump".replace("*", "x")
+    dump = workdir / f"parallel_{kind}_{px}{py}{pz}.dump".replace("*", "x")
     result = run_lammps(TEMPLATES / "md.in",
                         {"plugin": plugin, "data": md_data, "model": md_model, "nsteps": 200,
                          "dump": dump, "px": px, "py": py, "pz": pz}, workdir, nprocs=2)
@@ -380,9 +481,9 @@ def thermo_table(log):
     return np.array(rows)
 
 
-def test_nve_conserves_energy(plugin, workdir, md_model, md_data):
+def test_nve_conserves_energy(plugin, workdir, kind, md_model, md_data):
     """2000 steps of 1 fs at 1000 K: total energy fluctuates but does not drift."""
-    dump = workdir / "nve.dump"
+    dump = workdir / f"nve_{kind}.dump"
     result = run_lammps(TEMPLATES / "md.in",
                         {"plugin": plugin, "data": md_data, "model": md_model, "nsteps": 2000,
                          "dump": dump, "temperature": 1000}, workdir)
@@ -392,8 +493,8 @@ def test_nve_conserves_energy(plugin, workdir, md_model, md_data):
     assert kinetic.max() * per_atom > 0.05, "atoms must actually move"
     drift = abs(np.polyfit(table[:, 0] * 1e-3, total, 1)[0]) * per_atom  # eV/atom/ps
     spread = (total.max() - total.min()) * per_atom
-    # measured: drift ~4e-7 eV/atom/ps, spread ~6e-6 eV/atom; missing ghost forces or a ghost
-    # shell that is too thin give errors orders of magnitude larger
+    # measured (PaiNN): drift ~4e-7 eV/atom/ps, spread ~6e-6 eV/atom; missing ghost forces or a
+    # ghost shell that is too thin give errors orders of magnitude larger
     assert drift < 2e-5, f"energy drift {drift:.3g} eV/atom/ps"
     assert spread < 2e-4, f"total energy spread {spread:.3g} eV/atom"
     builds = int(result.stdout.split("Neighbor list builds =")[1].split()[0])
@@ -401,10 +502,11 @@ def test_nve_conserves_energy(plugin, workdir, md_model, md_data):
     assert builds > 20 and dangerous == 0
 
 
-def test_real_units_match_metal(plugin, workdir, md_model, md_data):
-    """Same trajectory in `units real` (kcal/mol, fs) as in `units metal` (eV, ps)."""
+def test_real_units_match_metal(plugin, workdir, kind, md_model, md_data):
+    """Same trajectory in `units real` (kcal/mol, fs) as in `units metal` (eV, ps). 100 steps:
+    the unit constants' ~1e-8 mismatch grows along the (chaotic) trajectory."""
     common = {"plugin": plugin, "data": md_data, "model": md_model, "nsteps": 100}
-    metal_dump, real_dump = workdir / "metal.dump", workdir / "real.dump"
+    metal_dump, real_dump = workdir / f"metal_{kind}.dump", workdir / f"real_{kind}.dump"
     metal = run_lammps(TEMPLATES / "md.in", dict(common, dump=metal_dump), workdir)
     real = run_lammps(TEMPLATES / "md.in",
                       dict(common, dump=real_dump, units="real", dt=1.0), workdir)
@@ -474,9 +576,9 @@ def test_error_not_an_mlpot_model(plugin, not_mlpot_files, kind):
         assert "not an mlpot model" in message and "mlpot export" in message
 
 
-def test_error_newer_format_version(plugin, workdir, accurate_model):
+def test_error_newer_format_version(plugin, workdir, painn_model):
     extra = {"mlpot_metadata.json": ""}
-    module = torch.jit.load(accurate_model, _extra_files=extra)
+    module = torch.jit.load(painn_model, _extra_files=extra)
     record = json.loads(extra["mlpot_metadata.json"])
     record["format_version"] = 2
     future = workdir / "future.pt"
@@ -485,28 +587,48 @@ def test_error_newer_format_version(plugin, workdir, accurate_model):
     assert "format version 2" in message and "upgrade mlpot" in message
 
 
-def test_error_unknown_species(plugin, accurate_model):
-    message = lammps_error(box() + "pair_style mlpot", f"pair_coeff * * {accurate_model} Si Ge")
+@pytest.mark.parametrize("change, expected", [
+    ({"angular": [{"kind": "G4", "eta": 0.1, "zeta": 0.5, "lambda": 1.0}]}, "zeta"),
+    ({"cutoff": 9.0}, "beyond the model's cutoff"),
+    ({"species": ["C", "Si"]}, "not the model's species"),
+    ({"radial": [{"r_s": 1.0}]}, "malformed"),
+], ids=["zeta", "cutoff", "species", "malformed"])
+def test_error_bad_symmetry_functions(plugin, workdir, change, expected):
+    """A descriptor model's symmetry-function record is checked at load (the kernel's
+    std::invalid_argument becomes a LAMMPS error naming the problem)."""
+    path = export_accurate("behler_parrinello", workdir)
+    extra = {"mlpot_metadata.json": ""}
+    module = torch.jit.load(path, _extra_files=extra)
+    record = json.loads(extra["mlpot_metadata.json"])
+    record["symmetry_functions"].update(change)
+    broken = workdir / f"broken_sf_{expected.split()[0]}.pt"
+    torch.jit.save(module, str(broken), _extra_files={"mlpot_metadata.json": json.dumps(record)})
+    message = lammps_error(box() + "pair_style mlpot", f"pair_coeff * * {broken} Si C")
+    assert expected in message and "symmetry_functions" in message, message
+
+
+def test_error_unknown_species(plugin, painn_model):
+    message = lammps_error(box() + "pair_style mlpot", f"pair_coeff * * {painn_model} Si Ge")
     assert "unknown species Ge" in message and "Si C" in message
 
 
-def test_error_type_count_mismatch(plugin, accurate_model):
+def test_error_type_count_mismatch(plugin, painn_model):
     message = lammps_error(box(ntypes=3) + "pair_style mlpot",
-                           f"pair_coeff * * {accurate_model} Si C")
+                           f"pair_coeff * * {painn_model} Si C")
     assert "type count mismatch" in message and "3 atom types" in message
 
 
-def test_error_newton_off(plugin, accurate_model):
+def test_error_newton_off(plugin, painn_model):
     message = lammps_error(box(newton="off") + f"""
         pair_style mlpot
-        pair_coeff * * {accurate_model} Si C""", "run 0")
+        pair_coeff * * {painn_model} Si C""", "run 0")
     assert "requires newton_pair on" in message and "newton on" in message
 
 
 @pytest.mark.parametrize("units", ["lj", "si", "electron"])
-def test_error_unsupported_units(plugin, accurate_model, units):
+def test_error_unsupported_units(plugin, painn_model, units):
     message = lammps_error(box(units=units) + "pair_style mlpot",
-                           f"pair_coeff * * {accurate_model} Si C")
+                           f"pair_coeff * * {painn_model} Si C")
     assert f"does not support units {units}" in message and "units metal" in message
 
 
@@ -515,11 +637,11 @@ def test_error_unknown_keyword(plugin):
     assert "unknown keyword gpu" in message
 
 
-def test_error_cuda_without_gpu(plugin, accurate_model):
+def test_error_cuda_without_gpu(plugin, painn_model):
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
     message = lammps_error(box() + "pair_style mlpot device cuda",
-                           f"pair_coeff * * {accurate_model} Si C")
+                           f"pair_coeff * * {painn_model} Si C")
     assert "sees no CUDA GPU" in message and "device cpu" in message
 
 
