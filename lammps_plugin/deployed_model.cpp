@@ -25,6 +25,7 @@
 #pragma GCC diagnostic pop
 
 #include "nlohmann/json.hpp"    // header-only; ships with the LAMMPS headers (namespace nlohmann_lmp)
+#include "archive_check.h"
 #include "symmetry_functions.hpp"    // the C++ kernel shared with mlpot._kernel
 
 #include <cstring>
@@ -76,6 +77,16 @@ std::string read_record(const std::string &path)
     throw ModelError(path_str(path) +
                      " is not a TorchScript archive (truncated, corrupted, or not a model file); "
                      "re-export it with `mlpot export`");
+  try {
+    const std::string damaged = first_damaged_record(path);
+    if (!damaged.empty())
+      throw ModelError(path_str(path) + " is corrupted (checksum mismatch in " + damaged +
+                       "); re-export it with `mlpot export` or download it again");
+  } catch (const std::runtime_error &error) {
+    if (dynamic_cast<const ModelError *>(&error)) throw;
+    throw ModelError(path_str(path) + " is corrupted (" + error.what() +
+                     "); re-export it with `mlpot export`");
+  }
   try {
     caffe2::serialize::PyTorchStreamReader reader(path);
     const std::string name = std::string("extra/") + METADATA_RECORD;

