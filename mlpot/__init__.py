@@ -13,6 +13,7 @@ _EXPORTS = {
     "ModelFileError": "model_file",
     "export_model": "model_file",
     "load_model": "model_file",
+    "load_committee": "models.committee",
     "read_metadata": "model_file",
     "neighbour_list": "neighbours",
     "primitive_neighbour_list": "neighbours",

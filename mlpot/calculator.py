@@ -2,9 +2,15 @@
 
 Forces, virial and per-atom virial come from the model's ∂E/∂(edge vector) exactly as in the LAMMPS
 plugin (see ``mlpot.edge_sums``), so the two front ends cannot disagree by construction.
+
+With a committee (a committee file, or several model files) energy, forces and stress are the
+committee mean, and ``calc.results`` adds the uncertainty (docs/committee.md): ``energy_std``,
+``energies_std``, ``forces_std`` and ``max/min/avg_force_deviation``, the force deviations from
+per-member forces built with the same edge sums.
 """
 
-from typing import Optional, Union
+from pathlib import Path
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,19 +30,42 @@ class MLPotCalculator(Calculator):
 
     ``skin`` > 0 builds the neighbour list with ``cutoff + skin`` and reuses it until an atom has
     moved more than ``skin / 2`` (as LAMMPS does); ``skin = 0`` rebuilds it at every call.
+
+    ``model`` may also be a committee: a committee file, or a list of model files evaluated as
+    one (``mlpot.load_committee``). ``calibrated``: scale the force deviations by the committee's
+    conformal calibration when it has one (``results["uncertainty_calibrated"]`` says whether).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "stresses"]
+    #: extra results of a committee (read them from ``calc.results`` or ``calc.get_property``)
+    uncertainty_properties = ["energy_std", "energies_std", "forces_std", "max_force_deviation",
+                              "min_force_deviation", "avg_force_deviation", "member_energies",
+                              "member_forces", "uncertainty_calibrated", "uncertainty_scale"]
 
-    def __init__(self, model: Union[str, DeployedModel], device: str = "cpu",
-                 dtype: Optional[str] = None, skin: float = 0.0, **kwargs):
+    def __init__(self, model: Union[str, Path, DeployedModel, Sequence[Union[str, Path]]],
+                 device: str = "cpu", dtype: Optional[str] = None, skin: float = 0.0,
+                 calibrated: bool = True, **kwargs):
         super().__init__(**kwargs)
         if isinstance(model, DeployedModel):
             if dtype is not None or str(device) != "cpu":
                 raise ValueError("pass device/dtype to mlpot.load(), not with an already loaded model")
             self.model = model
+        elif isinstance(model, (list, tuple)):
+            from .models.committee import load_committee
+
+            self.model = load_committee(model, device=device, dtype=dtype)
         else:
             self.model = load_model(model, device=device, dtype=dtype)
+        self.committee = "committee" in self.model.metadata
+        self.calibrated, self.uncertainty_scale = False, 1.0
+        if self.committee:
+            from .models.committee import calibration_scale
+
+            self.implemented_properties = (type(self).implemented_properties
+                                           + self.uncertainty_properties)
+            scale = calibration_scale(self.model.metadata)
+            self.calibrated = bool(calibrated) and scale is not None
+            self.uncertainty_scale = scale if self.calibrated else 1.0
         if skin < 0 or not np.isfinite(skin):
             raise ValueError(f"skin must be a finite non-negative distance in Å, got {skin}")
         self.skin = float(skin)
@@ -67,6 +96,8 @@ class MLPotCalculator(Calculator):
         self.results["energy"] = self.results["free_energy"] = energy
         self.results["energies"] = output["atom_energies"].detach().to("cpu", torch.float64).numpy()
         self.results["forces"] = edge_sums.forces(i, j, gradient, len(atoms))
+        if self.committee:
+            self._uncertainty(output, i, j, len(atoms))
 
         volume = abs(np.linalg.det(cell))
         if volume > 1e-12:
@@ -78,6 +109,28 @@ class MLPotCalculator(Calculator):
         elif "stress" in properties or "stresses" in properties:
             raise PropertyNotImplementedError(
                 "stress needs a cell with non-zero volume; set atoms.cell (and pbc) first")
+
+    def _uncertainty(self, output, i: np.ndarray, j: np.ndarray, n_atoms: int) -> None:
+        """Committee spread: every member's forces from its own edge gradient with the same
+        sums as the mean's; deviations are population standard deviations over the M members."""
+        to_numpy = lambda key: output[key].detach().to("cpu", torch.float64).numpy()  # noqa: E731
+        member_energies = to_numpy("member_energies")
+        member_forces = np.stack([edge_sums.forces(i, j, g, n_atoms)
+                                  for g in to_numpy("member_edge_gradients")])
+        deviation = member_forces - member_forces.mean(axis=0)
+        # DeePMD's model deviation: sqrt(mean_k |F_ik − mean_k F_ik|²) per atom i
+        forces_std = np.sqrt((deviation * deviation).sum(axis=2).mean(axis=0))
+        forces_std = forces_std * self.uncertainty_scale
+        self.results["member_energies"] = member_energies
+        self.results["member_forces"] = member_forces
+        self.results["energy_std"] = float(member_energies.std())
+        self.results["energies_std"] = to_numpy("member_atom_energies").std(axis=0)
+        self.results["forces_std"] = forces_std
+        self.results["max_force_deviation"] = float(forces_std.max())
+        self.results["min_force_deviation"] = float(forces_std.min())
+        self.results["avg_force_deviation"] = float(forces_std.mean())
+        self.results["uncertainty_calibrated"] = self.calibrated
+        self.results["uncertainty_scale"] = float(self.uncertainty_scale)
 
     def _species(self, numbers: np.ndarray) -> torch.Tensor:
         """Species indices of the model, cached while the atomic numbers stay the same."""

@@ -86,6 +86,13 @@ def build_parser():
     train.add_arguments(train_parser)
     train_parser.set_defaults(run=train.run)
 
+    from . import calibration
+
+    calibrate = commands.add_parser("calibrate",
+                                    help="conformal calibration of a committee's force deviation")
+    calibration.add_arguments(calibrate)
+    calibrate.set_defaults(run=calibration.run)
+
     from . import md
 
     md_parser = commands.add_parser("md", help="short MD run with a shipped potential")

@@ -150,6 +150,20 @@ def check_metadata(record: Dict, origin: str) -> None:
             f"{origin!r} needs the model interface {record.get('interface')!r}, unknown to this "
             f"mlpot ({__version__}, knows {sorted(_INTERFACES)}); upgrade mlpot"
         )
+    if "committee" in record:
+        committee = record["committee"]
+        if not isinstance(committee, dict) or not isinstance(committee.get("members"), int):
+            raise ModelFileError(f"{origin!r} has an invalid committee entry {committee!r}")
+        if record["interface"] not in _COMMITTEE_INTERFACES:
+            raise ModelFileError(
+                f"{origin!r} is a committee of the {record['interface']!r} interface, which this "
+                f"mlpot ({__version__}) cannot run as a committee; upgrade mlpot")
+        calibration = committee.get("calibration")
+        if calibration is not None and not (
+                isinstance(calibration, dict) and isinstance(calibration.get("scale"), (int, float))
+                and 0 < calibration["scale"] < float("inf")):
+            raise ModelFileError(f"{origin!r} has an invalid committee calibration "
+                                 f"{calibration!r}; calibrate it again with `mlpot calibrate`")
     if record.get("dtype") not in DTYPES:
         raise ModelFileError(f"{origin!r} has an unsupported dtype {record.get('dtype')!r}")
     units = record.get("units", {})
@@ -158,14 +172,16 @@ def check_metadata(record: Dict, origin: str) -> None:
 
 
 _INTERFACES = {}
+_COMMITTEE_INTERFACES = {}  # files whose record has a "committee" entry (docs/committee.md)
 
 
-def deployed_interface(name: str):
+def deployed_interface(name: str, committee: bool = False):
     """Class decorator: the ``DeployedModel`` subclass that runs files whose record says
-    ``"interface": name``. Each interface turns inputs into the same outputs as ``__call__``."""
+    ``"interface": name`` (and, with ``committee``, has a ``"committee"`` entry). Each interface
+    turns inputs into the same outputs as ``__call__``."""
 
     def register(cls):
-        _INTERFACES[name] = cls
+        (_COMMITTEE_INTERFACES if committee else _INTERFACES)[name] = cls
         return cls
 
     return register
@@ -242,4 +258,39 @@ def load_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
     torch_dtype = DTYPES[dtype or metadata["dtype"]]
     module = module.to(torch_dtype)
     module.eval()
-    return _INTERFACES[metadata["interface"]](module, metadata, device, torch_dtype)
+    interfaces = _COMMITTEE_INTERFACES if "committee" in metadata else _INTERFACES
+    return interfaces[metadata["interface"]](module, metadata, device, torch_dtype)
+
+
+def update_metadata(path: Union[str, Path], out: Union[str, Path], changes: Dict) -> Path:
+    """Copy the model file ``path`` to ``out`` (may be the same path) with its metadata record's
+    top-level keys updated by ``changes`` (e.g. ``{"committee": {..., "calibration": ...}}``).
+
+    Every other entry of the archive is copied byte for byte; the new record is checked like a
+    loaded one, and the copy is written to a temporary file and moved into place, with fresh
+    CRCs, so that the result passes ``read_metadata``'s checks.
+    """
+    import os
+    import tempfile
+
+    record = read_metadata(path)
+    record.update(copy.deepcopy(changes))
+    check_metadata(record, str(out))
+    text = json.dumps(record, indent=1).encode()
+    out = Path(out)
+    handle, temporary = tempfile.mkstemp(dir=str(out.resolve().parent), suffix=".tmp")
+    os.close(handle)
+    try:
+        with zipfile.ZipFile(path) as old, zipfile.ZipFile(temporary, "w") as new:
+            for item in old.infolist():
+                data = old.read(item)
+                if item.filename.endswith("/extra/" + METADATA_RECORD):
+                    data = text
+                new.writestr(item, data)
+        os.replace(temporary, out)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    read_metadata(out)
+    return out

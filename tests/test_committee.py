@@ -5,11 +5,11 @@ Models are tiny; the trained committee (3 PaiNN members, a few dozen optimizer s
 EMT copper made here.
 """
 
+import argparse
 import copy
 import json
 import math
 import zipfile
-from types import SimpleNamespace
 
 import ase.io
 import numpy as np
@@ -344,7 +344,9 @@ def test_far_from_the_training_data_the_deviation_is_larger(trained):
     typical_max = max(r["max_force_deviation"] for r in typical)
     compressed_min = min(r["max_force_deviation"] for r in compressed)
     assert compressed_min > 2 * typical_max
-    per_atom = lambda results: np.mean([r["energy_std"] / len(r["forces"]) for r in results])  # noqa
+    def per_atom(results):
+        return np.mean([r["energy_std"] / len(r["forces"]) for r in results])
+
     assert per_atom(compressed) > 2 * per_atom(typical)
 
 
@@ -353,7 +355,7 @@ def test_calibrated_coverage_holds_on_a_test_set(trained, capsys):
     ase.io.write(folder / "calibration.extxyz", copper(90, seed=11))
     ase.io.write(folder / "test.extxyz", copper(90, seed=12))
     coverage = 0.9
-    parser = __import__("argparse").ArgumentParser()
+    parser = argparse.ArgumentParser()
     calibration.add_arguments(parser)
     args = parser.parse_args([str(folder / "run" / "model.pt"), "--data",
                               str(folder / "calibration.extxyz"), "--coverage", str(coverage),

@@ -3,7 +3,8 @@
 from .base import AtomicEnergyModel
 from .painn import PaiNN
 from .behler_parrinello import BehlerParrinello
+from .committee import Committee
 
-MODEL_KINDS = {cls.kind: cls for cls in (PaiNN, BehlerParrinello)}
+MODEL_KINDS = {cls.kind: cls for cls in (PaiNN, BehlerParrinello, Committee)}
 
-__all__ = ["AtomicEnergyModel", "PaiNN", "BehlerParrinello", "MODEL_KINDS"]
+__all__ = ["AtomicEnergyModel", "PaiNN", "BehlerParrinello", "Committee", "MODEL_KINDS"]

@@ -69,6 +69,10 @@ def _train(args) -> dict:
     from .loop import check_resumable, run_training
 
     overrides = _overrides(args)
+    if args.config is not None:
+        committee_config = load_config(args.config, overrides)
+        if committee_config["training"]["committee"]["members"] > 1:
+            return _train_committee(args, committee_config)
     resume_state = None
     if args.resume is not None:
         from ..checkpoint import load_checkpoint
@@ -101,5 +105,22 @@ def _train(args) -> dict:
     try:
         return run_training(config, context, resume=resume, stop_after=args.stop_after,
                             resume_state=resume_state)
+    finally:
+        shutdown()
+
+
+def _train_committee(args, config) -> dict:
+    """``training.committee.members > 1``: members one after the other (see ``committee``)."""
+    from .committee import run_committee
+    from .config import ConfigError
+    from .distributed import from_environment, shutdown
+
+    if args.resume:
+        raise ConfigError("a committee resumes from its config (mlpot train CONFIG --resume, no "
+                          "checkpoint path): every member continues from its own directory")
+    context = from_environment(config["training"]["device"])
+    try:
+        return run_committee(config, context, resume=args.resume is not None,
+                             stop_after=args.stop_after)
     finally:
         shutdown()

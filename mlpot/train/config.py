@@ -47,6 +47,7 @@ DEFAULTS: Dict[str, Any] = {
         "gradient_clip": 10.0,       # max gradient norm; 0 or None: no clipping
         "checkpoint_every": 1,
         "num_threads": None,         # torch threads per process; None: leave torch's choice
+        "committee": {"members": 1, "bootstrap": False},  # members > 1: a committee (ensemble)
     },
     "output": {
         "directory": "run",
@@ -350,6 +351,11 @@ def validate(config: Dict) -> Dict:
     _number(config, "training.gradient_clip", minimum=0.0)
     _number(config, "training.checkpoint_every", minimum=1, integer=True)
     _number(config, "training.num_threads", minimum=1, integer=True, optional=True)
+    training.setdefault("committee", copy.deepcopy(DEFAULTS["training"]["committee"]))
+    _number(config, "training.committee.members", minimum=1, integer=True)
+    if not isinstance(training["committee"]["bootstrap"], bool):
+        raise ConfigError("training.committee.bootstrap must be true or false, got "
+                          f"{training['committee']['bootstrap']!r}")
 
     if not isinstance(output["directory"], str):
         raise ConfigError(f"output.directory must be a path, got {output['directory']!r}")

@@ -307,6 +307,11 @@ def run_training(config: Dict, context: Context, resume: Optional[str] = None,
         model, source = create_model(config, species_of(everything))
     check_species(everything, model.species)
     sets, indices = _split(config, datasets["train"], datasets["validation"], datasets["test"])
+    if training["committee"]["bootstrap"]:  # a committee member's resample, drawn from its seed
+        draw = np.random.default_rng([training["seed"], 1]).integers(0, len(sets["train"]),
+                                                                     len(sets["train"]))
+        sets["train"] = [sets["train"][k] for k in draw]
+        indices["train"] = [indices["train"][k] for k in draw]
     if training["loss"]["stress"] > 0 and not any(s.stress is not None for s in sets["train"]):
         raise DataError(f"training.loss.stress > 0 but no training structure has a stress (looked "
                         f"for data.keys.stress {data['keys']['stress']!r} and data.keys.virial "
@@ -408,6 +413,7 @@ def run_training(config: Dict, context: Context, resume: Optional[str] = None,
     summary = {"directory": str(directory), "epochs": trainer.epoch,
                "best_epoch": trainer.best["epoch"], "checkpoint": str(checkpoints / "last.pt")}
     finished = trainer.epoch >= training["epochs"] or trainer.stopped_early
+    summary["finished"] = finished
     if not finished:
         log(f"stopped after epoch {trainer.epoch} of {training['epochs']}; continue with "
             f"`mlpot train --resume {checkpoints / 'last.pt'}`")
