@@ -188,23 +188,35 @@ class DescriptorDeployedModel(DeployedModel):
         super().__init__(module, metadata, device, dtype)
         self.symmetry_functions = SymmetryFunctionSet.from_dict(metadata["symmetry_functions"])
 
-    def __call__(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
-                 n_local: int, positions: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    def descriptors(self, species: torch.Tensor, edge_index: torch.Tensor,
+                    edge_vectors: torch.Tensor, n_local: int):
+        """Kernel descriptors of the local atoms (a leaf tensor for dE/dG), and a function that
+        applies the kernel's chain rule to dE/dG, giving the edge gradient.
+
+        Two kernel passes: descriptors, then (after the network) the chain rule with the
+        derivatives recomputed and contracted centre by centre: faster than storing
+        ∂G/∂r_e [E, F, 3] and contracting it, and memory O(N F)."""
         sf = self.symmetry_functions
         species_np = species.detach().to("cpu", torch.int64).contiguous().numpy()
         edges_np = edge_index.detach().to("cpu", torch.int64).contiguous().numpy()
         vectors_np = edge_vectors.detach().to("cpu", torch.float64).contiguous().numpy()
         centres = np.arange(int(n_local), dtype=np.int64)
-        # Two kernel passes: descriptors, then (after the network) the chain rule with the
-        # derivatives recomputed and contracted centre by centre: faster than storing
-        # ∂G/∂r_e [E, F, 3] and contracting it, and memory O(N F).
         G, _ = sf.compute(species_np, edges_np, vectors_np, centres, derivatives=False)
         descriptors = torch.from_numpy(G).to(self.device, self.dtype).requires_grad_(True)
+
+        def chain_rule(dE_dG: torch.Tensor) -> torch.Tensor:
+            weights = dE_dG.detach().to("cpu", torch.float64).contiguous().numpy()
+            gradient = sf.gradient(species_np, edges_np, vectors_np, weights, centres)
+            return torch.from_numpy(gradient).to(self.device, self.dtype)
+
+        return descriptors, chain_rule
+
+    def __call__(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
+                 n_local: int, positions: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        descriptors, chain_rule = self.descriptors(species, edge_index, edge_vectors, n_local)
         with torch.enable_grad():
             atom_energies = self.module(descriptors, species[:n_local].to(self.device))
             energy = atom_energies.sum()
             (dE_dG,) = torch.autograd.grad([energy], [descriptors])
-        weights = dE_dG.detach().to("cpu", torch.float64).contiguous().numpy()
-        gradient = sf.gradient(species_np, edges_np, vectors_np, weights, centres)
         return {"energy": energy.detach(), "atom_energies": atom_energies.detach(),
-                "edge_gradient": torch.from_numpy(gradient).to(self.device, self.dtype)}
+                "edge_gradient": chain_rule(dE_dG)}

@@ -264,14 +264,8 @@ class DeployedDescriptorCommittee(CommitteeMixin, DescriptorDeployedModel):
 
     def __call__(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
                  n_local: int, positions: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        sf = self.symmetry_functions
-        species_np = species.detach().to("cpu", torch.int64).contiguous().numpy()
-        edges_np = edge_index.detach().to("cpu", torch.int64).contiguous().numpy()
-        vectors_np = edge_vectors.detach().to("cpu", torch.float64).contiguous().numpy()
-        centres = np.arange(int(n_local), dtype=np.int64)
-        G, _ = sf.compute(species_np, edges_np, vectors_np, centres, derivatives=False)
-        descriptors = torch.from_numpy(G).to(self.device, self.dtype).requires_grad_(True)
-        weights = []
+        descriptors, chain_rule = self.descriptors(species, edge_index, edge_vectors, n_local)
+        gradients = []
         with torch.enable_grad():
             member_atom_energies = getattr(self.module, DESCRIPTOR_MEMBER_METHOD)(
                 descriptors, species[:n_local].to(self.device))
@@ -280,11 +274,9 @@ class DeployedDescriptorCommittee(CommitteeMixin, DescriptorDeployedModel):
             for k in range(count):
                 (dE_dG,) = torch.autograd.grad([member_energies[k]], [descriptors],
                                                retain_graph=k + 1 < count, allow_unused=True)
-                dE_dG = torch.zeros_like(descriptors) if dE_dG is None else dE_dG
-                weights.append(dE_dG.detach().to("cpu", torch.float64).contiguous().numpy())
-        gradients = np.stack([sf.gradient(species_np, edges_np, vectors_np, w, centres)
-                              for w in weights])
-        member_edge_gradients = torch.from_numpy(gradients).to(self.device, self.dtype)
+                gradients.append(chain_rule(torch.zeros_like(descriptors) if dE_dG is None
+                                            else dE_dG))
+        member_edge_gradients = torch.stack(gradients)
         member_atom_energies = member_atom_energies.detach()
         atom_energies = member_atom_energies.mean(0)
         return {"energy": atom_energies.sum(), "atom_energies": atom_energies,
