@@ -28,6 +28,7 @@
 #include "archive_check.h"
 #include "symmetry_functions.hpp"    // the C++ kernel shared with mlpot._kernel
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <numeric>
@@ -172,6 +173,22 @@ ModelInfo parse_record(const std::string &text, const std::string &path)
   if (info.interface.empty())
     info.interface = (info.kind == "behler_parrinello" || info.kind == "bpnn") ? "descriptor"
                                                                               : "edge_gradient";
+  if (record.contains("committee") && !record["committee"].is_null()) {
+    const json &committee = record["committee"];
+    try {
+      info.members = committee.at("members").get<int>();
+      const json calibration = committee.value("calibration", json());
+      if (calibration.is_object() && calibration.contains("scale"))
+        info.calibration_scale = calibration.at("scale").get<double>();
+    } catch (const std::exception &error) {
+      throw ModelError(path_str(path) + ": metadata field 'committee' is malformed (" +
+                       first_line(error.what()) + "); re-export the model with `mlpot export`");
+    }
+    if (info.members < 1 || info.calibration_scale < 0.0)
+      throw ModelError(path_str(path) + ": metadata field 'committee' has " +
+                       std::to_string(info.members) + " members and calibration scale " +
+                       std::to_string(info.calibration_scale) + "; re-export the model");
+  }
   info.mlpot_version = record.value("mlpot_version", std::string("?"));
   info.torch_version = record.value("torch_version", std::string("?"));
   return info;
@@ -333,11 +350,23 @@ class TorchScriptEdgeModel final : public TorchScriptModel {
     out.energy = energy_.item<double>();
     out.atom_energies = atom_energies_.data_ptr<double>();
     out.edge_gradient = edge_gradient_.data_ptr<double>();
+    if (info_.members > 0) {    // a committee file: forward() also returns the members' outputs
+      member_energies_ = take("member_energies");
+      member_gradients_ = take("member_edge_gradients");
+      if (member_energies_.numel() != info_.members ||
+          member_gradients_.numel() != 3 * info_.members * in.n_edges)
+        throw ModelError(path_str(info_.path) + ": forward() returned member outputs of "
+                         "unexpected shapes for a committee of " + std::to_string(info_.members) +
+                         " members and " + std::to_string(in.n_edges) + " edges");
+      out.member_energies = member_energies_.data_ptr<double>();
+      out.member_edge_gradients = member_gradients_.data_ptr<double>();
+    }
     return out;
   }
 
  private:
   torch::Tensor energy_, atom_energies_, edge_gradient_;    // keep the outputs alive
+  torch::Tensor member_energies_, member_gradients_;
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -443,6 +472,12 @@ class DescriptorModel final : public TorchScriptModel {
       atom_energies_ = torch::zeros({0}, torch::kFloat64);
       out.atom_energies = atom_energies_.data_ptr<double>();
       out.edge_gradient = gradient_.data();
+      if (info_.members > 0) {
+        member_energies_ = torch::zeros({info_.members}, torch::kFloat64);
+        member_gradients_.assign(3 * info_.members * in.n_edges, 0.0);
+        out.member_energies = member_energies_.data_ptr<double>();
+        out.member_edge_gradients = member_gradients_.data();
+      }
       return out;
     }
 
@@ -466,27 +501,44 @@ class DescriptorModel final : public TorchScriptModel {
                             .requires_grad_(true);
       torch::Tensor species = torch::from_blob(const_cast<int64_t *>(in.species), {n}, i64)
                                   .to(device_);
-      torch::Tensor energies = module_.forward({G, species}).toTensor();
-      if (energies.numel() != n)
-        throw ModelError(path_str(info_.path) + ": forward() returned " +
-                         std::to_string(energies.numel()) + " atom energies for " +
-                         std::to_string(n) + " atoms; re-export the model with `mlpot export`");
-      torch::Tensor energy = energies.sum();
-      dE_dG = torch::autograd::grad({energy}, {G}, /*grad_outputs=*/{}, /*retain_graph=*/false,
-                                    /*create_graph=*/false, /*allow_unused=*/true)[0];
-      dE_dG = dE_dG.defined() ? dE_dG.detach().to(torch::kCPU, torch::kFloat64).contiguous()
-                              : torch::zeros({n, F}, f64);
-      energy_ = energy.detach().to(torch::kCPU, torch::kFloat64);
-      atom_energies_ = energies.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+      if (info_.members > 0) {
+        committee_energies(G, species, n);
+      } else {
+        torch::Tensor energies = module_.forward({G, species}).toTensor();
+        if (energies.numel() != n)
+          throw ModelError(path_str(info_.path) + ": forward() returned " +
+                           std::to_string(energies.numel()) + " atom energies for " +
+                           std::to_string(n) + " atoms; re-export the model with `mlpot export`");
+        torch::Tensor energy = energies.sum();
+        dE_dG = torch::autograd::grad({energy}, {G}, /*grad_outputs=*/{}, /*retain_graph=*/false,
+                                      /*create_graph=*/false, /*allow_unused=*/true)[0];
+        dE_dG = dE_dG.defined() ? dE_dG.detach().to(torch::kCPU, torch::kFloat64).contiguous()
+                                : torch::zeros({n, F}, f64);
+        energy_ = energy.detach().to(torch::kCPU, torch::kFloat64);
+        atom_energies_ = energies.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+      }
     } catch (const ModelError &) {
       throw;
     } catch (const std::exception &error) {
       throw ModelError(failure(in, error));
     }
 
-    // 3. chain rule onto the edges (derivatives recomputed centre by centre, never stored)
+    // 3. chain rule onto the edges (derivatives recomputed centre by centre, never stored);
+    //    a committee: once per member, the mean edge gradient is the members' mean
     try {
-      sf_->gradient(edges, centres_.data(), n, dE_dG.data_ptr<double>(), gradient_.data());
+      if (info_.members > 0) {
+        const int64_t M = info_.members, size = 3 * in.n_edges;
+        member_gradients_.assign(M * size, 0.0);
+        for (int64_t k = 0; k < M; k++) {
+          double *g = member_gradients_.data() + k * size;
+          sf_->gradient(edges, centres_.data(), n, member_dE_dG_[k].data_ptr<double>(), g);
+          for (int64_t a = 0; a < size; a++) gradient_[a] += g[a] / M;
+        }
+        out.member_energies = member_energies_.data_ptr<double>();
+        out.member_edge_gradients = member_gradients_.data();
+      } else {
+        sf_->gradient(edges, centres_.data(), n, dE_dG.data_ptr<double>(), gradient_.data());
+      }
     } catch (const std::invalid_argument &error) {
       throw ModelError(failure(in, error));
     }
@@ -505,14 +557,125 @@ class DescriptorModel final : public TorchScriptModel {
   }
 
  private:
+  // A committee's member energies and dE_k/dG: the exported member_atom_energies(G, species)
+  // [M, n], one autograd call per member on the shared G.
+  void committee_energies(const torch::Tensor &G, const torch::Tensor &species, int64_t n)
+  {
+    const int64_t M = info_.members;
+    torch::Tensor members = module_.get_method("member_atom_energies")({G, species}).toTensor();
+    if (members.dim() != 2 || members.size(0) != M || members.size(1) != n)
+      throw ModelError(path_str(info_.path) + ": member_atom_energies() returned shape " +
+                       c10::str(members.sizes()) + ", expected [" + std::to_string(M) + ", " +
+                       std::to_string(n) + "]; re-export the model with `mlpot export`");
+    const torch::Tensor energies = members.sum(1);
+    member_dE_dG_.clear();
+    for (int64_t k = 0; k < M; k++) {
+      torch::Tensor dE_dG = torch::autograd::grad({energies[k]}, {G}, {}, /*retain_graph=*/k + 1 < M,
+                                                  false, /*allow_unused=*/true)[0];
+      member_dE_dG_.push_back(dE_dG.defined()
+                                  ? dE_dG.detach().to(torch::kCPU, torch::kFloat64).contiguous()
+                                  : torch::zeros({n, G.size(1)}, torch::kFloat64));
+    }
+    const torch::Tensor member_atoms = members.detach().to(torch::kCPU, torch::kFloat64);
+    member_energies_ = energies.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    atom_energies_ = member_atoms.mean(0).contiguous();
+    energy_ = atom_energies_.sum();
+  }
+
   std::unique_ptr<SymmetryFunctions> sf_;
+  std::vector<torch::Tensor> member_dE_dG_;    // committees: [M] of [n_local][F]
+  std::vector<double> member_gradients_;       // committees: [M][n_edges][3]
+  torch::Tensor member_energies_;              // committees: [M]
   std::vector<int64_t> centres_;       // 0 .. n_local-1
   std::vector<double> descriptors_;    // [n_local][F]
   std::vector<double> gradient_;       // [n_edges][3]
   torch::Tensor energy_, atom_energies_;    // keep the outputs alive
 };
 
+/* ---------------------------------------------------------------------------------------------
+   Several files as one committee: each runs as usual on the same graph.
+------------------------------------------------------------------------------------------------ */
+
+class FileCommittee final : public DeployedModel {
+ public:
+  FileCommittee(ModelInfo info, std::vector<std::unique_ptr<DeployedModel>> models)
+      : DeployedModel(std::move(info)), models_(std::move(models))
+  {
+  }
+
+  ModelOutput compute(const ModelInput &in) override
+  {
+    const int64_t M = static_cast<int64_t>(models_.size()), size = 3 * in.n_edges;
+    member_energies_.assign(M, 0.0);
+    member_gradients_.assign(M * size, 0.0);
+    atom_energies_.assign(in.n_local, 0.0);
+    gradient_.assign(size, 0.0);
+    ModelOutput out;
+    for (int64_t k = 0; k < M; k++) {
+      const ModelOutput member = models_[k]->compute(in);
+      member_energies_[k] = member.energy;
+      out.energy += member.energy / M;
+      for (int64_t a = 0; a < in.n_local; a++) atom_energies_[a] += member.atom_energies[a] / M;
+      std::copy(member.edge_gradient, member.edge_gradient + size,
+                member_gradients_.begin() + k * size);
+      for (int64_t a = 0; a < size; a++) gradient_[a] += member.edge_gradient[a] / M;
+    }
+    out.atom_energies = atom_energies_.data();
+    out.edge_gradient = gradient_.data();
+    out.member_energies = member_energies_.data();
+    out.member_edge_gradients = member_gradients_.data();
+    return out;
+  }
+
+  int set_num_threads(int num_threads) override
+  {
+    int used = 0;
+    for (auto &model : models_) used = model->set_num_threads(num_threads);
+    return used;
+  }
+
+  std::string description() const override
+  {
+    return "committee of " + std::to_string(models_.size()) + " files, each " +
+        models_.front()->description();
+  }
+
+ private:
+  std::vector<std::unique_ptr<DeployedModel>> models_;
+  std::vector<double> member_energies_, member_gradients_, atom_energies_, gradient_;
+};
+
 }    // namespace
+
+std::unique_ptr<DeployedModel> load_committee(const std::vector<std::string> &paths,
+                                              const LoadOptions &options)
+{
+  if (paths.size() == 1) return load_model(paths.front(), options);
+  if (paths.empty()) throw ModelError("no model file given");
+  std::vector<std::unique_ptr<DeployedModel>> models;
+  for (const auto &path : paths) {
+    models.push_back(load_model(path, options));
+    const ModelInfo &first = models.front()->info(), &info = models.back()->info();
+    if (info.members > 0)
+      throw ModelError(path_str(path) + " is itself a committee file; give either one committee "
+                       "file or several single-model files");
+    if (info.species != first.species || info.cutoff != first.cutoff)
+      throw ModelError("committee members must share species and cutoff: " + path_str(path) +
+                       " differs from " + path_str(first.path) + " (species, cutoff " +
+                       std::to_string(info.cutoff) + " vs " + std::to_string(first.cutoff) +
+                       " A)");
+  }
+  ModelInfo info = models.front()->info();
+  info.members = static_cast<int>(models.size());
+  info.kind = "committee of " + info.kind;
+  info.calibration_scale = 0.0;
+  for (const auto &model : models) {
+    info.num_interactions = std::max(info.num_interactions, model->info().num_interactions);
+    info.interaction_range = std::max(info.interaction_range, model->info().interaction_range);
+    if (&model != &models.front()) info.path += " " + model->info().path;
+  }
+  return std::unique_ptr<DeployedModel>(new FileCommittee(std::move(info), std::move(models)));
+}
 
 ModelInfo read_model_info(const std::string &path)
 {

@@ -47,6 +47,8 @@ struct ModelInfo {
   std::string mlpot_version;
   std::string torch_version;
   std::string record;              // the raw JSON record
+  int members = 0;                 // committee files (record["committee"]): M >= 2, else 0
+  double calibration_scale = 0.0;  // committee.calibration.scale, 0 when uncalibrated
 };
 
 struct LoadOptions {
@@ -73,6 +75,9 @@ struct ModelOutput {
   double energy = 0.0;                     // sum of the local atoms' energies
   const double *atom_energies = nullptr;   // [n_local]
   const double *edge_gradient = nullptr;   // [n_edges][3]: dE/d(edge_vectors[e])
+  // Committees only (info().members = M > 0): the members' outputs; the ones above are their mean.
+  const double *member_energies = nullptr;         // [M]
+  const double *member_edge_gradients = nullptr;   // [M][n_edges][3]
 };
 
 class DeployedModel {
@@ -103,6 +108,11 @@ ModelInfo read_model_info(const std::string &path);
 // Loads a model file with the implementation its metadata asks for.
 std::unique_ptr<DeployedModel> load_model(const std::string &path,
                                           const LoadOptions &options = LoadOptions());
+
+// Several model files (same species and cutoff) run on the same graph as one committee: member
+// k's outputs are file k's; the mean is theirs. One path: load_model(path).
+std::unique_ptr<DeployedModel> load_committee(const std::vector<std::string> &paths,
+                                              const LoadOptions &options = LoadOptions());
 
 }    // namespace mlpot
 

@@ -24,11 +24,13 @@
 #include "utils.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <fstream>
 
 using namespace LAMMPS_NS;
 
@@ -44,8 +46,11 @@ double seconds(Clock::time_point a, Clock::time_point b)
 
 PairMLPot::PairMLPot(LAMMPS *lmp) :
     Pair(lmp), threads_requested(0), prune(true), message_hops(1), cutoff(0.0),
-    interaction_range(0.0), energy_factor(1.0), n_edges(0), time_model(0.0), time_other(0.0),
-    ncalls(0)
+    interaction_range(0.0), energy_factor(1.0), n_edges(0), members(0), deviation_scale(1.0),
+    use_calibration(true), deviation_every(1), deviation_warn(0.0), deviation_stop(0.0),
+    deviation_fp(nullptr), last_written_step(-1), warn_frames(0), first_warn_step(-1),
+    last_warn_step(-1), nmax_deviation(0), member_f(nullptr), forces_std(nullptr),
+    deviation{0.0, 0.0, 0.0, 0.0}, deviation_atoms(0.0), time_model(0.0), time_other(0.0), ncalls(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -55,11 +60,17 @@ PairMLPot::PairMLPot(LAMMPS *lmp) :
   centroidstressflag = CENTROID_AVAIL;
   no_virial_fdotr_compute = 1;     // the virial is summed over edges, exactly as in ASE
   device = "cpu";
+  nextra = 4;    // compute pair mlpot: max, min, avg force deviation, energy std (committees)
+  pvector = new double[nextra]();
 }
 
 PairMLPot::~PairMLPot()
 {
   if (copymode) return;
+  if (deviation_fp) fclose(deviation_fp);
+  delete[] pvector;
+  memory->destroy(member_f);
+  memory->destroy(forces_std);
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
@@ -87,11 +98,19 @@ void PairMLPot::settings(int narg, char **arg)
   device = "cpu";
   threads_requested = 0;
   prune = true;
+  use_calibration = true;
+  deviation_every = 1;
+  deviation_warn = deviation_stop = 0.0;
+  deviation_path.clear();
+  if (deviation_fp) fclose(deviation_fp);
+  deviation_fp = nullptr;
   for (int iarg = 0; iarg < narg; iarg += 2) {
     const std::string key = arg[iarg];
     if (iarg + 1 >= narg)
       error->all(FLERR, "pair_style mlpot: keyword {} needs a value; syntax: pair_style mlpot "
-                 "[device cpu|cuda] [threads N] [prune yes|no]", key);
+                 "[device cpu|cuda] [threads N] [prune yes|no] [deviation_file FILE] [deviation_every N] "
+                 "[calibrated yes|no] [deviation_warn X] [deviation_stop Y]", key);
+    const char *value = arg[iarg + 1];
     if (key == "device") {
       device = arg[iarg + 1];
       const bool cuda = device == "cuda" ||
@@ -105,9 +124,26 @@ void PairMLPot::settings(int narg, char **arg)
       if (threads_requested < 1)
         error->all(FLERR, "pair_style mlpot: threads must be at least 1, got {}",
                    threads_requested);
+    } else if (key == "deviation_file") {
+      deviation_path = value;
+    } else if (key == "deviation_every") {
+      deviation_every = utils::inumeric(FLERR, value, false, lmp);
+      if (deviation_every < 1)
+        error->all(FLERR, "pair_style mlpot: deviation_every must be at least 1, got {}",
+                   deviation_every);
+    } else if (key == "calibrated") {
+      use_calibration = utils::logical(FLERR, value, false, lmp) == 1;
+    } else if (key == "deviation_warn" || key == "deviation_stop") {
+      const double threshold = utils::numeric(FLERR, value, false, lmp);
+      if (!(threshold > 0.0))
+        error->all(FLERR, "pair_style mlpot: {} must be a positive force deviation, got {}", key,
+                   value);
+      (key == "deviation_warn" ? deviation_warn : deviation_stop) = threshold;
     } else {
       error->all(FLERR, "pair_style mlpot: unknown keyword {}; syntax: pair_style mlpot "
-                 "[device cpu|cuda] [threads N] [prune yes|no]", key);
+                 "[device cpu|cuda] [threads N] [prune yes|no] [deviation_file FILE] "
+                 "[deviation_every N] [calibrated yes|no] [deviation_warn X] [deviation_stop Y]",
+                 key);
     }
   }
 }
@@ -123,16 +159,24 @@ void PairMLPot::coeff(int narg, char **arg)
   if (narg < 3)
     error->all(FLERR, "pair_coeff for mlpot: expected `pair_coeff * * model.pt Sym1 ... Sym{}`",
                ntypes);
-  if (narg != 3 + ntypes)
+  // the last ntypes words are species, the words before them model files (several: a committee)
+  std::vector<std::string> files;
+  bool all_files = narg >= 3 + ntypes;
+  for (int k = 2; k < narg - ntypes && all_files; k++) {
+    files.emplace_back(arg[k]);
+    all_files = k == 2 || std::ifstream(arg[k]).good();
+  }
+  if (!all_files || narg < 3 + ntypes)
     error->all(FLERR, "pair_coeff for mlpot: type count mismatch: {} atom types need {} species "
-               "symbols (or NULL) after the model file, got {}", ntypes, ntypes, narg - 3);
+               "symbols (or NULL) after the model file(s), got {}", ntypes, ntypes, narg - 3);
   check_units();
-  if (!model || model_path != arg[2] || model_device != device) load(arg[2]);
+  if (!model || model_path != utils::join_words(files, " ") || model_device != device)
+    load(files);
 
   const std::vector<std::string> &known = model->info().species;
   type_species.assign(ntypes + 1, -1);
   for (int itype = 1; itype <= ntypes; itype++) {
-    const std::string symbol = arg[2 + itype];
+    const std::string symbol = arg[narg - ntypes - 1 + itype];
     if (symbol == "NULL") continue;
     int index = -1;
     for (std::size_t k = 0; k < known.size(); k++)
@@ -178,7 +222,7 @@ int PairMLPot::resolve_threads() const
 }
 
 // Every rank loads its own copy; a failure is reported once if it happened everywhere.
-void PairMLPot::load(const std::string &path)
+void PairMLPot::load(const std::vector<std::string> &files)
 {
   mlpot::LoadOptions options;
   options.device = device;
@@ -186,7 +230,7 @@ void PairMLPot::load(const std::string &path)
   std::string message;
   model.reset();
   try {
-    model = mlpot::load_model(path, options);
+    model = mlpot::load_committee(files, options);
   } catch (const std::exception &e) {
     message = e.what();
   }
@@ -196,7 +240,8 @@ void PairMLPot::load(const std::string &path)
   if (failed) error->one(FLERR, "pair_style mlpot: " + message);
   if (nfailed) error->all(FLERR, "pair_style mlpot: loading the model failed on another rank");
 
-  model_path = path;
+  model_files = files;
+  model_path = utils::join_words(files, " ");
   model_device = device;
   const mlpot::ModelInfo &info = model->info();
   cutoff = info.cutoff;
@@ -205,9 +250,11 @@ void PairMLPot::load(const std::string &path)
   message_hops = std::max(info.num_interactions,
                           static_cast<int>(std::ceil(info.interaction_range / info.cutoff - 1e-6)));
   message_hops = std::max(message_hops, 1);
+  members = info.members;
+  comm_reverse = 3 * members;    // member forces of ghosts, summed onto their owners
   if (comm->me == 0)
     utils::logmesg(lmp, "pair_style mlpot: {} ({} model, species {}, cutoff {} A, {} "
-                   "interaction(s), range {} A; exported with mlpot {}, torch {}): {}\n", path,
+                   "interaction(s), range {} A; exported with mlpot {}, torch {}): {}\n", model_path,
                    info.kind, utils::join_words(info.species, " "), info.cutoff,
                    info.num_interactions, info.interaction_range, info.mlpot_version,
                    info.torch_version, model->description());
@@ -224,7 +271,7 @@ void PairMLPot::init_style()
                "(ghost atoms carry forces that LAMMPS must sum onto their owners)");
   if (comm->mode != Comm::SINGLE)
     error->all(FLERR, "pair_style mlpot requires comm_modify mode single");
-  if (model_device != device) load(model_path);    // pair_style re-issued with another device
+  if (model_device != device) load(model_files);    // pair_style re-issued with another device
   const int threads = model->set_num_threads(resolve_threads());
 
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
@@ -242,6 +289,34 @@ void PairMLPot::init_style()
   }
   time_model = time_other = 0.0;
   ncalls = 0;
+
+  // committee deviation: scale, output file (rank 0), per-run warning counters
+  const bool wanted = !deviation_path.empty() || deviation_warn > 0.0 || deviation_stop > 0.0;
+  if (wanted && members == 0)
+    error->all(FLERR, "pair_style mlpot: deviation_file/deviation_warn/deviation_stop need a "
+               "committee model file, but {} is a single model (see docs/committee.md)",
+               model_path);
+  const double scale = model->info().calibration_scale;
+  const bool calibrated = use_calibration && scale > 0.0;
+  deviation_scale = calibrated ? scale : 1.0;
+  const std::string how = calibrated ? fmt::format("calibrated (x {})", deviation_scale)
+                                     : std::string("raw (no calibration scale)");
+  if (members > 0 && comm->me == 0)
+    utils::logmesg(lmp, "pair_style mlpot: committee of {} members, force deviations {}\n",
+                   members, how);
+  if (!deviation_path.empty() && !deviation_fp && comm->me == 0) {
+    deviation_fp = fopen(deviation_path.c_str(), "w");
+    if (!deviation_fp)
+      error->one(FLERR, "pair_style mlpot: cannot open deviation_file {}: {}", deviation_path,
+                 utils::getsyserror());
+    fmt::print(deviation_fp, "# mlpot committee of {} members ({}): force deviations {} in force "
+               "units, devi_e = std of the total energy / atoms (energy units per atom)\n"
+               "#{:>11} {:>24} {:>24} {:>24} {:>24}\n", members, model_path, how, "step",
+               "max_devi_f", "min_devi_f", "avg_devi_f", "devi_e");
+    fflush(deviation_fp);
+  }
+  warn_frames = 0;
+  first_warn_step = last_warn_step = -1;
 }
 
 double PairMLPot::init_one(int i, int j)
@@ -260,7 +335,19 @@ void PairMLPot::compute(int eflag, int vflag)
 
   int64_t n_local_nodes = 0;
   const int64_t n_nodes = build_graph(n_local_nodes);
+  if (members > 0) {    // member forces are summed like f, over local and ghost atoms
+    if (atom->nmax > nmax_deviation) {
+      nmax_deviation = atom->nmax;
+      memory->destroy(member_f);
+      memory->destroy(forces_std);
+      memory->create(member_f, nmax_deviation, 3 * members, "pair:member_f");
+      memory->create(forces_std, nmax_deviation, "pair:forces_std");
+    }
+    const int nall = atom->nlocal + atom->nghost;
+    if (nall > 0) std::fill(&member_f[0][0], &member_f[0][0] + 3 * members * nall, 0.0);
+  }
   if (n_local_nodes == 0) {    // nothing local to this rank's energy: no forces either
+    if (members > 0) committee_deviation(nullptr);    // collective: every rank takes part
     if (!update->setupflag) {
       time_other += seconds(t0, Clock::now());
       ncalls++;
@@ -286,7 +373,11 @@ void PairMLPot::compute(int eflag, int vflag)
   }
   const auto t2 = Clock::now();
 
-  accumulate(out.edge_gradient, out.atom_energies, out.energy, n_local_nodes);
+  if (members > 0 && !(out.member_energies && out.member_edge_gradients))
+    error->one(FLERR, "pair_style mlpot: the committee model returned no member outputs");
+  accumulate(out.edge_gradient, out.atom_energies, out.energy, n_local_nodes,
+             out.member_edge_gradients);
+  if (members > 0) committee_deviation(out.member_energies);
   const auto t3 = Clock::now();
   if (!update->setupflag) {    // time the MD/minimisation loop only, like LAMMPS' own timers
     time_model += seconds(t1, t2);
@@ -420,7 +511,7 @@ int64_t PairMLPot::build_graph(int64_t &n_local_nodes)
 
 // Energies, forces and virials from the edge gradient (the sums of mlpot/edge_sums.py).
 void PairMLPot::accumulate(const double *gradient, const double *atom_energies, double energy,
-                           int64_t n_local_nodes)
+                           int64_t n_local_nodes, const double *member_gradients)
 {
   const double c = energy_factor;
   if (eflag_global) eng_vdwl += c * energy;
@@ -442,6 +533,15 @@ void PairMLPot::accumulate(const double *gradient, const double *atom_energies, 
     f[j][0] -= g[0];
     f[j][1] -= g[1];
     f[j][2] -= g[2];
+    // committee members: the same sums, member k's forces in columns 3k .. 3k+2
+    if (member_gradients)
+      for (int k = 0; k < members; k++) {
+        const double *gk = member_gradients + 3 * (k * n_edges + e);
+        for (int d = 0; d < 3; d++) {
+          member_f[i][3 * k + d] += c * gk[d];
+          member_f[j][3 * k + d] -= c * gk[d];
+        }
+      }
     if (!any_virial) continue;
 
     // w_ab = -r_a g_b: the virial of this edge's force pair (LAMMPS' "r_a f_b" convention)
@@ -466,11 +566,115 @@ void PairMLPot::accumulate(const double *gradient, const double *atom_energies, 
   }
 }
 
+/* ----------------------------------------------------------------------------------------------
+   Committee deviation, after the member forces of ghosts are summed onto their owners:
+   sigma_i = s sqrt((1/M) sum_k |F_ik - mean_k F_ik|^2) per local atom (s: calibration scale),
+   its max/min/mean over all atoms of the model's types, and the std of the members' total
+   energies (population, as DeePMD's model deviation and mlpot's ASE calculator).
+------------------------------------------------------------------------------------------------ */
+
+void PairMLPot::committee_deviation(const double *member_energies)
+{
+  comm->reverse_comm(this);
+  const int nlocal = atom->nlocal;
+  const int *type = atom->type;
+  const int M = members;
+  double local_max = 0.0, local_min = DBL_MAX, sum_count[2] = {0.0, 0.0};
+  for (int i = 0; i < nlocal; i++) {
+    forces_std[i] = 0.0;
+    if (type_species[type[i]] < 0) continue;
+    double mean[3] = {0.0, 0.0, 0.0}, spread = 0.0;
+    for (int k = 0; k < M; k++)
+      for (int d = 0; d < 3; d++) mean[d] += member_f[i][3 * k + d] / M;
+    for (int k = 0; k < M; k++)
+      for (int d = 0; d < 3; d++) {
+        const double delta = member_f[i][3 * k + d] - mean[d];
+        spread += delta * delta;
+      }
+    const double sigma = deviation_scale * std::sqrt(spread / M);
+    forces_std[i] = sigma;
+    local_max = std::max(local_max, sigma);
+    local_min = std::min(local_min, sigma);
+    sum_count[0] += sigma;
+    sum_count[1] += 1.0;
+  }
+  double total[2];
+  MPI_Allreduce(&local_max, &deviation[0], 1, MPI_DOUBLE, MPI_MAX, world);
+  MPI_Allreduce(&local_min, &deviation[1], 1, MPI_DOUBLE, MPI_MIN, world);
+  MPI_Allreduce(sum_count, total, 2, MPI_DOUBLE, MPI_SUM, world);
+  if (total[1] == 0.0) deviation[1] = 0.0;
+  deviation[2] = total[1] > 0.0 ? total[0] / total[1] : 0.0;
+  deviation_atoms = total[1];
+
+  std::vector<double> local_e(M, 0.0), energies(M);
+  if (member_energies)
+    for (int k = 0; k < M; k++) local_e[k] = energy_factor * member_energies[k];
+  MPI_Allreduce(local_e.data(), energies.data(), M, MPI_DOUBLE, MPI_SUM, world);
+  double mean_e = 0.0, var_e = 0.0;
+  for (int k = 0; k < M; k++) mean_e += energies[k] / M;
+  for (int k = 0; k < M; k++) var_e += (energies[k] - mean_e) * (energies[k] - mean_e) / M;
+  deviation[3] = std::sqrt(var_e);
+
+  // compute pair sums pvector over the ranks: the global values on rank 0 only
+  for (int k = 0; k < 4; k++) pvector[k] = comm->me == 0 ? deviation[k] : 0.0;
+  write_deviation();
+}
+
+// Once per time step (the first evaluation of a step): the file line, warn and stop thresholds.
+void PairMLPot::write_deviation()
+{
+  const bigint step = update->ntimestep;
+  if (step == last_written_step) return;
+  last_written_step = step;
+  if (deviation_fp && step % deviation_every == 0) {
+    fmt::print(deviation_fp, "{:>12} {:>24.17g} {:>24.17g} {:>24.17g} {:>24.17g}\n", step,
+               deviation[0], deviation[1], deviation[2],
+               deviation_atoms > 0 ? deviation[3] / deviation_atoms : 0.0);
+    fflush(deviation_fp);
+  }
+  if (deviation_warn > 0.0 && deviation[0] > deviation_warn) {
+    if (warn_frames++ == 0) first_warn_step = step;
+    last_warn_step = step;
+  }
+  if (deviation_stop > 0.0 && deviation[0] > deviation_stop)
+    error->all(FLERR, "pair_style mlpot: max force deviation {:.6g} above deviation_stop {:.6g} "
+               "at step {}: the committee disagrees, the model is extrapolating", deviation[0],
+               deviation_stop, step);
+}
+
+int PairMLPot::pack_reverse_comm(int n, int first, double *buf)
+{
+  int m = 0;
+  for (int i = first; i < first + n; i++)
+    for (int c = 0; c < 3 * members; c++) buf[m++] = member_f[i][c];
+  return m;
+}
+
+void PairMLPot::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  int m = 0;
+  for (int ii = 0; ii < n; ii++)
+    for (int c = 0; c < 3 * members; c++) member_f[list[ii]][c] += buf[m++];
+}
+
+// `fix ID group pair N mlpot forces_std 0`: sigma_i of the local atoms (committees only)
+void *PairMLPot::extract_peratom(const char *name, int &ncol)
+{
+  ncol = 0;
+  if (members > 0 && strcmp(name, "forces_std") == 0) return forces_std;
+  return nullptr;
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 
 // Called by LAMMPS after a run's timing breakdown; covers the run's loop (not its setup).
 void PairMLPot::finish()
 {
+  if (warn_frames > 0 && comm->me == 0)
+    error->warning(FLERR, "pair_style mlpot: max force deviation above deviation_warn {:.6g} on "
+                   "{} evaluated step(s) of this run (steps {} .. {}): the committee disagrees "
+                   "there, the model may be extrapolating", deviation_warn, warn_frames,
+                   first_warn_step, last_warn_step);
   double local[3] = {time_model, time_other, static_cast<double>(ncalls)}, total[3];
   MPI_Allreduce(local, total, 3, MPI_DOUBLE, MPI_SUM, world);
   double slowest = 0.0;
@@ -496,5 +700,6 @@ double PairMLPot::memory_usage()
   bytes += static_cast<double>(species.capacity() + edge_index.capacity() +
                                edge_begin.capacity() + edge_end.capacity()) * sizeof(int64_t);
   bytes += static_cast<double>(positions.capacity() + edge_vectors.capacity()) * sizeof(double);
+  bytes += static_cast<double>(nmax_deviation) * (3 * members + 1) * sizeof(double);
   return bytes;
 }

@@ -2,7 +2,15 @@
    pair_style mlpot: machine-learned potentials exported by mlpot (https://github.com/..., MIT).
 
    pair_style mlpot [device cpu|cuda|cuda:N] [threads N] [prune yes|no]
+                    [deviation_file FILE] [deviation_every N] [calibrated yes|no]
+                    [deviation_warn X] [deviation_stop Y]
    pair_coeff * * model.pt Sym1 Sym2 ...   (one model species or NULL per atom type)
+   pair_coeff * * a.pt b.pt c.pt Sym1 ...  (several files: run as one committee)
+
+   A committee file (docs/committee.md) runs as its mean; the members' forces (same edge sums,
+   reverse-communicated) give the per-atom force deviation sigma_i, readable with
+   `fix ID all pair N mlpot forces_std 0`, and the global max/min/avg of sigma and the std of the
+   energy (`compute ID all pair mlpot` vector, and the deviation file).
 
    Local and ghost atoms within the model's interaction range become the nodes of a graph, every
    pair closer than the cutoff a directed edge (both directions); the model returns the local
@@ -39,10 +47,14 @@ class PairMLPot : public Pair {
   double init_one(int, int) override;
   void finish() override;
   double memory_usage() override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+  void *extract_peratom(const char *, int &) override;
 
  protected:
   std::unique_ptr<mlpot::DeployedModel> model;
-  std::string model_path;
+  std::vector<std::string> model_files;    // one file, or several run as a committee
+  std::string model_path;                 // the files, space-separated (for messages)
   std::string model_device;      // device the loaded model runs on
   std::string device;            // requested by pair_style
   int threads_requested;         // pair_style threads N, or 0
@@ -66,6 +78,22 @@ class PairMLPot : public Pair {
   std::vector<double> edge_vectors;   // [n_edges][3]
   int64_t n_edges;
 
+  // committee deviation (members > 0 when the model is a committee file)
+  int members;                    // M
+  double deviation_scale;         // calibration scale applied to sigma_i (1 when raw)
+  bool use_calibration;           // pair_style ... calibrated yes|no
+  std::string deviation_path;     // deviation_file, "" for none
+  int deviation_every;
+  double deviation_warn, deviation_stop;    // <= 0: off
+  FILE *deviation_fp;             // rank 0 only
+  bigint last_written_step;
+  bigint warn_frames, first_warn_step, last_warn_step;
+  int nmax_deviation;
+  double **member_f;              // [nmax][3M]: member forces, summed like f
+  double *forces_std;             // [nmax]: sigma_i of the local atoms
+  double deviation[4];            // max, min, avg sigma; std of the total energy
+  double deviation_atoms;         // atoms of the model's types (all ranks): devi_e = std / this
+
   // wall-clock accounting, printed by finish(): model call vs. everything else in compute()
   double time_model, time_other;
   long long ncalls;
@@ -73,10 +101,12 @@ class PairMLPot : public Pair {
   void allocate();
   void check_units();
   int resolve_threads() const;
-  void load(const std::string &path);
+  void load(const std::vector<std::string> &files);
   int64_t build_graph(int64_t &n_local_nodes);
   void accumulate(const double *gradient, const double *atom_energies, double energy,
-                  int64_t n_local_nodes);
+                  int64_t n_local_nodes, const double *member_gradients);
+  void committee_deviation(const double *member_energies);
+  void write_deviation();
 };
 
 }    // namespace LAMMPS_NS
