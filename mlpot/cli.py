@@ -93,6 +93,13 @@ def build_parser():
     calibration.add_arguments(calibrate)
     calibrate.set_defaults(run=calibration.run)
 
+    from . import validate
+
+    validate_parser = commands.add_parser("validate",
+                                          help="validation report of a model against its reference")
+    validate.add_arguments(validate_parser)
+    validate_parser.set_defaults(run=validate.run)
+
     from . import md
 
     md_parser = commands.add_parser("md", help="short MD run with a shipped potential")

@@ -111,8 +111,9 @@ def read_metadata(path: Union[str, Path]) -> Dict:
             names = [n for n in archive.namelist() if n.endswith("/extra/" + METADATA_RECORD)]
             if not names:
                 raise ModelFileError(
-                    f"{str(path)!r} is a TorchScript file but not an mlpot model (it has no "
-                    f"{METADATA_RECORD} record); export models with `mlpot export`"
+                    f"{str(path)!r} is a torch archive but not an mlpot model (it has no "
+                    f"{METADATA_RECORD} record); export models, and training checkpoints, with "
+                    "`mlpot export`"
                 )
             record = json.loads(archive.read(names[0]))
             damaged = archive.testzip()  # torch does not check the CRCs of what it loads
