@@ -148,6 +148,6 @@ setup(
     # The top-level potentials/ folder is installed as the package mlpot.potentials.
     packages=find_packages(include=["mlpot", "mlpot.*"]) + ["mlpot.potentials"],
     package_dir={"mlpot.potentials": "potentials"},
-    package_data={"mlpot.potentials": ["*/model.pt", "*/*.md", "*/*.yaml", "*/*.png",
-                                       "*/data/*"]},
+    package_data={"mlpot.potentials": ["*/model.pt", "*/*.md", "*/*.yaml", "*/*.json",
+                                       "*/data/*", "*/training/*", "*/validation/*"]},
 )
