@@ -13,6 +13,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import read, write
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
@@ -74,12 +75,21 @@ def main(argv=None):
     reference = PySCFCalculator("pbe", "def2-svp")
     frames = []
     for k, temperature in enumerate((150, 300, 500)):
+        # Each temperature takes ~15 CPU-minutes: keep finished ones, so a rerun resumes.
+        partial = Path(args.out) / f"labelled_{temperature}K.extxyz"
+        if partial.exists():
+            frames += read(partial, ":")
+            continue
+        labelled = []
         for atoms in sample(temperature, args.frames_per_temperature, 8, args.seed + 10 * k):
             atoms.calc = reference
             energy, forces = atoms.get_potential_energy(), atoms.get_forces()
             atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
             atoms.info["temperature_K"] = temperature
-            frames.append(atoms)
+            labelled.append(atoms)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        write(partial, labelled)
+        frames += labelled
         print(f"{temperature} K: {args.frames_per_temperature} frames labelled", flush=True)
     write_splits(frames, args.out, REFERENCE, seed=args.seed)
 
