@@ -25,7 +25,7 @@ from ..checkpoint import build_model, save_checkpoint
 from ..model_file import DTYPES, export_model, resolve_device
 from . import report
 from .batch import Graph, build_graphs, collate, predict
-from .config import RESUMABLE_CHANGES, ConfigError, differences
+from .config import DEFAULTS, RESUMABLE_CHANGES, ConfigError, differences, merge
 from .data import (DataError, check_species, read_dataset, species_of, split_indices)
 from .distributed import Context, rank_device
 from .ema import EMA
@@ -473,7 +473,9 @@ def _finish(trainer: Trainer, graphs: Dict[str, List[Graph]], metadata: Dict, co
 
 
 def check_resumable(saved: Dict, config: Dict) -> None:
-    changed = [k for k in differences(saved, config) if k not in RESUMABLE_CHANGES]
+    # Keys added to the config schema after the checkpoint was written take their defaults.
+    changed = [k for k in differences(merge(DEFAULTS, saved), config)
+               if k not in RESUMABLE_CHANGES]
     if changed:
         raise ConfigError(
             "cannot resume exactly: the config differs from the checkpoint's in "
