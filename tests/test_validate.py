@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
+from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
@@ -151,28 +152,54 @@ def test_gamma_phonons_match_a_frozen_phonon_in_the_primitive_cell(sw, sw_eos):
     gamma = result["points"]["G"]
     assert np.abs(gamma[:3]).max() < 1e-3  # acoustic sum rule
 
-    cell = SILICON.primitive(sw_eos["a0"])
-    masses = cell.get_masses()
-    h, hessian = 1e-3, np.zeros((6, 6))
-    for a in range(2):
-        for k in range(3):
-            forces = []
-            for sign in (1, -1):
-                displaced = cell.copy()
-                displaced.positions[a, k] += sign * h
-                displaced.calc = sw
-                forces.append(displaced.get_forces().ravel())
-            hessian[3 * a + k] = -(forces[0] - forces[1]) / (2 * h)
-    hessian = 0.5 * (hessian + hessian.T) / np.sqrt(np.outer(np.repeat(masses, 3),
-                                                             np.repeat(masses, 3)))
-    from ase import units
-
-    # sqrt(eV / (Å² amu)) → angular frequency in rad/s → THz
-    frequencies = np.sqrt(np.abs(np.linalg.eigvalsh(hessian))) * 1e10 * np.sqrt(
-        units._e / units._amu) / (2 * np.pi) / 1e12
-    np.testing.assert_allclose(gamma[3:], np.sort(frequencies)[3:], rtol=2e-3)
+    frozen = validate.gamma_frequencies(sw, SILICON, sw_eos["a0"])
+    np.testing.assert_allclose(gamma[3:], frozen[3:], rtol=2e-3)
+    # SW is smooth: the same frequency for any displacement amplitude
+    check = validate.harmonicity(sw, SILICON, sw_eos["a0"])
+    assert check["harmonic"] and check["relative_spread"] < 0.01
     # X and L come out, ordered, and SW's optical branches are ~15–18 THz
     assert result["points"]["X"].shape == (6,) and 14 < result["points"]["L"][-1] < 19
+
+
+class NormCusp(Calculator):
+    """SW plus c · Σ_i |Σ_j exp(−r_ij) r̂_ij|: the norm of a vector feature that vanishes at a
+    tetrahedral site, as in equivariant models; E ∝ |u| near the ideal crystal."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, sw, strength=0.5):
+        super().__init__()
+        self.sw, self.strength = sw, strength
+
+    def _energy(self, atoms):
+        from ase.neighborlist import neighbor_list
+
+        i, vectors, d = neighbor_list("iDd", atoms, 3.0)
+        features = np.zeros((len(atoms), 3))
+        np.add.at(features, i, np.exp(-d)[:, None] * vectors / d[:, None])
+        trial = atoms.copy()
+        trial.calc = self.sw
+        return trial.get_potential_energy() + self.strength * np.linalg.norm(features, axis=1).sum()
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        h, forces = 1e-6, np.zeros((len(self.atoms), 3))
+        for a in range(len(self.atoms)):
+            for k in range(3):
+                energies = []
+                for sign in (1, -1):
+                    trial = self.atoms.copy()
+                    trial.positions[a, k] += sign * h
+                    energies.append(self._energy(trial))
+                forces[a, k] = -(energies[0] - energies[1]) / (2 * h)
+        self.results = {"energy": self._energy(self.atoms), "forces": forces}
+
+
+def test_harmonicity_check_flags_a_cusp_at_the_symmetric_site(sw, sw_eos):
+    check = validate.harmonicity(NormCusp(sw), SILICON, sw_eos["a0"])
+    frequencies = list(check["gamma_max_by_delta"].values())
+    assert not check["harmonic"]
+    assert frequencies[0] > frequencies[1] > frequencies[2]  # k = k_SW + c/δ
 
 
 def test_rdf_of_the_ideal_crystal_counts_the_neighbours():
@@ -187,6 +214,7 @@ def test_rdf_of_the_ideal_crystal_counts_the_neighbours():
     coordination = np.sum(rdf["total"] * density * shells * first_shell)
     assert coordination == pytest.approx(4.0, abs=1e-9)
     assert r[np.argmax(rdf["C-Si"])] == pytest.approx(bond, abs=dr)
+    assert r[validate.first_peak(rdf["total"])] == pytest.approx(bond, abs=dr)
     assert r[np.argmax(rdf["Si-Si"])] == pytest.approx(a / np.sqrt(2), abs=dr)
 
 
@@ -204,7 +232,7 @@ def test_test_set_errors_and_the_crystal_in_reference_data(sw, sw_eos):
         atoms.calc = sw
         atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(),
                                            forces=atoms.get_forces(), stress=atoms.get_stress())
-    errors = validate.test_set_errors(sw, frames)
+    errors = validate.dataset_errors(sw, frames)
     assert errors["energy_mae"] < 1e-9 and errors["force_mae"] < 1e-9
     assert errors["stress_mae"] < 1e-9
 
@@ -214,8 +242,8 @@ def test_test_set_errors_and_the_crystal_in_reference_data(sw, sw_eos):
         copy.calc = SinglePointCalculator(copy, energy=atoms.calc.results["energy"] + 0.1 * len(
             atoms), forces=atoms.calc.results["forces"])
         shifted_frames.append(copy)
-    assert validate.test_set_errors(sw, shifted_frames)["energy_mae"] == pytest.approx(100.0)
-    shifted = validate.test_set_errors(sw, shifted_frames, remove_offset=True)
+    assert validate.dataset_errors(sw, shifted_frames)["energy_mae"] == pytest.approx(100.0)
+    shifted = validate.dataset_errors(sw, shifted_frames, remove_offset=True)
     assert shifted["energy_mae"] < 1e-9 and shifted["energy_offset_eV"] == pytest.approx(-0.1)
     assert "stress_mae" not in shifted  # no stress labels, no stress errors
 

