@@ -1,14 +1,18 @@
 """Shipped potentials: they load, obey the physics checks, and keep their accuracy."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from mlpot.potentials import available, example_structure, potential_path
+from mlpot.potentials.finalize import slice_errors
 
 import mlpot
 from mlpot.calculator import MLPotCalculator
-from mlpot.potentials import available, example_structure, potential_path
-from mlpot.potentials.finalize import slice_errors
 from mlpot.testing import finite_difference_forces
 
 POTENTIALS = sorted(available())
@@ -50,9 +54,6 @@ def test_accuracy_on_the_regression_slice(name):
 
 def test_main_job_runs(tmp_path):
     """README's first command (`mlpot md`), shortened: it runs and reports what it promises."""
-    import subprocess
-    import sys
-
     result = subprocess.run(
         [sys.executable, "-m", "mlpot.cli", "md", "--repeat", "2", "--nvt-steps", "5",
          "--nve-steps", "10", "--no-progress", "--out", str(tmp_path)],
@@ -60,3 +61,15 @@ def test_main_job_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "NVE energy drift" in result.stdout and "RDF first peak" in result.stdout
     assert (tmp_path / "rdf.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("deck", ["in.nvt", "in.npt"])
+def test_lammps_examples_run_as_shipped(deck):
+    """examples/lammps decks run as is (default model: the shipped Si potential), shortened."""
+    folder = Path(__file__).parent.parent / "examples" / "lammps"
+    lmp = str(Path(sys.executable).parent / "lmp")
+    result = subprocess.run([lmp, "-in", deck, "-var", "steps", "20", "-var", "cells", "2",
+                             "-log", "none"], cwd=folder, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Loop time" in result.stdout and "ERROR" not in result.stdout
