@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlpot.potentials import available, example_structure, potential_path
-from mlpot.potentials.finalize import slice_errors
 
 import mlpot
 from mlpot.calculator import MLPotCalculator
+from mlpot.potentials import available, example_structure, potential_path
+from mlpot.potentials.finalize import slice_errors
 from mlpot.testing import finite_difference_forces
 
 POTENTIALS = sorted(available())
