@@ -324,6 +324,29 @@ class PhysicsChecks:
         assert_close(below["forces"], above["forces"], self.cutoff_force_jump,
                      "forces jump when a neighbour crosses the cutoff")
 
+    def test_energy_is_analytic_at_symmetric_sites(self, calculator, eager_model):
+        """Force constants exist at a site whose environment is symmetric (every atom of an ideal
+        zincblende/diamond crystal): the restoring force is linear in a small displacement u.
+        A cusp (E ∝ |u|, e.g. from the norm of features that vanish by symmetry) fails this."""
+        species = list(eager_model.species)[:2]
+        symbols = species * 4 if len(species) == 2 else species * 8
+        a = 1.25 * eager_model.cutoff  # nearest neighbours at 0.54 rc, 2nd shell inside rc
+        crystal = Atoms(symbols, scaled_positions=[
+            p for pair in zip([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]],
+                              [[.25, .25, .25], [.25, .75, .75], [.75, .25, .75], [.75, .75, .25]])
+            for p in pair], cell=np.eye(3) * a, pbc=True)
+
+        def stiffness(u: float) -> float:
+            displaced = crystal.copy()
+            displaced.positions[0, 0] += u
+            return -evaluate(calculator, displaced)["forces"][0, 0] / u
+
+        small, large = stiffness(1e-3 * a), stiffness(4e-3 * a)
+        assert abs(small) > 1e-3, "the test crystal exerts no restoring force: rescale it"
+        assert abs(small - large) <= 0.05 * abs(small), (
+            f"force constant {small:.4g} eV/Å² at u = {1e-3 * a:.3g} Å but {large:.4g} at "
+            f"{4e-3 * a:.3g} Å: the energy is not analytic at a symmetric site")
+
     def test_isolated_atoms(self, calculator, eager_model):
         """No edges at all: finite energies, zero forces; far-apart atoms just add up."""
         cutoff = eager_model.cutoff

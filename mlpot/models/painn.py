@@ -49,7 +49,7 @@ class PaiNNUpdate(nn.Module):
     """Per-atom mixing of scalar and vector channels.
 
     With U v and V v two bias-free linear mixes of the vector channels:
-    Δv = a_vv(s, |Vv|) ∘ U v,   Δs = a_sv(s, |Vv|) ∘ ⟨U v, V v⟩ + a_ss(s, |Vv|).
+    Δv = a_vv(s, |Vv|²) ∘ U v,   Δs = a_sv(s, |Vv|²) ∘ ⟨U v, V v⟩ + a_ss(s, |Vv|²).
     ⟨U v, V v⟩ carries angular (three-body) information into the scalars.
     """
 
@@ -61,9 +61,11 @@ class PaiNNUpdate(nn.Module):
 
     def forward(self, s: torch.Tensor, v: torch.Tensor):
         uv, vv = torch.split(self.vector_mix(v), self.num_features, dim=-1)
-        # The 1e-8 keeps the gradient finite at v = 0 (isolated atoms, atoms before any message).
-        vv_norm = torch.sqrt((vv * vv).sum(1) + 1e-8)
-        a = self.scalar_net(torch.cat([s, vv_norm], dim=-1))
+        # The squared norm, not PaiNN's norm: vector features vanish by symmetry at many sites
+        # (every atom of an ideal diamond or fcc crystal), where |Vv| has a cusp (E ∝ |u| for a
+        # displacement u): force constants, phonons and C44 would not exist. |Vv|² is analytic.
+        vv_squared = (vv * vv).sum(1)
+        a = self.scalar_net(torch.cat([s, vv_squared], dim=-1))
         a_vv, a_sv, a_ss = torch.split(a, self.num_features, dim=-1)
         return s + a_sv * (uv * vv).sum(1) + a_ss, v + a_vv.unsqueeze(1) * uv
 
