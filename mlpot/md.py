@@ -30,7 +30,7 @@ def radial_distribution(atoms, r_max: float, bins: int = 100):
 
 def add_arguments(parser):
     parser.add_argument("potential", nargs="?", default="Si",
-                        help="a shipped potential (Si, SiC, water) or a model file")
+                        help="a shipped potential (Si, SiC) or a model file")
     parser.add_argument("--structure", help="start structure (any ASE-readable file); default: "
                         "the shipped potential's example structure")
     parser.add_argument("--repeat", type=int, default=3, help="supercell size of the example")
