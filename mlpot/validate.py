@@ -7,6 +7,9 @@ errors and, for a crystalline material, the lattice constant and bulk modulus (E
 elastic constants C11, C12, C44 (finite strains, relaxed ions), phonon frequencies at Γ, X and L
 (finite displacements in a supercell), the radial distribution function of a hot-solid MD run,
 the NVE energy drift of the model in LAMMPS, and the wall time per MD step in ASE and LAMMPS.
+Force constants and elastic constants are also taken at a second displacement / strain
+amplitude: a potential that is not smooth at the ideal crystal (an energy cusp at a symmetric
+site) is flagged instead of reported with numbers that only reflect the finite-difference step.
 
 One function per quantity, taking *any* ASE calculator, so that the model (``MLPotCalculator``)
 and the reference (a LAMMPS pair style through ``LAMMPSCalculator``, or EMT, ...) are measured
@@ -513,13 +516,19 @@ def _relax_positions(atoms: Atoms, fmax: float, steps: int = 300):
         BFGS(atoms, logfile=None).run(fmax=fmax, steps=steps)
 
 
+ELASTIC = ("C11", "C12", "C44", "C44_unrelaxed")
+
+
 def elastic_constants(calc: Calculator, crystal: Crystal, a0: float, strain: float = 0.005,
-                      fmax: float = 1e-4) -> Dict:
+                      fmax: float = 1e-4, tolerance: float = 0.03) -> Dict:
     """C11, C12, C44 (GPa) of a cubic crystal from central differences of the stress.
 
     The conventional cell at ``a0`` is strained by ±``strain`` (ε_xx for C11 and C12; the
     engineering shear γ_yz for C44) and the ions are relaxed to ``fmax`` (eV/Å) at each strain;
-    C44 without ion relaxation (C44⁰, Kleinman) is given as well.
+    C44 without ion relaxation (C44⁰, Kleinman) is given as well. Every constant is also taken
+    at twice the strain: ``smooth[name]`` is False where the two differ by more than
+    ``tolerance`` (relative), i.e. where the stress is not linear in the strain at small strain
+    (a cusp of the energy at the ideal crystal), so that the constant is not defined.
     """
     reference = crystal.conventional(a0)
 
@@ -531,19 +540,30 @@ def elastic_constants(calc: Calculator, crystal: Crystal, a0: float, strain: flo
             _relax_positions(atoms, fmax)
         return atoms.get_stress() / units.GPa
 
-    normal = np.zeros((3, 3))
-    normal[0, 0] = strain
-    shear = np.zeros((3, 3))
-    shear[1, 2] = shear[2, 1] = strain / 2  # engineering shear strain γ_yz = strain
-    d_normal = (stress(normal, True) - stress(-normal, True)) / (2 * strain)
-    d_shear = (stress(shear, True) - stress(-shear, True)) / (2 * strain)
-    d_shear_0 = (stress(shear, False) - stress(-shear, False)) / (2 * strain)
+    def constants(amount: float) -> Dict[str, float]:
+        normal = np.zeros((3, 3))
+        normal[0, 0] = amount
+        shear = np.zeros((3, 3))
+        shear[1, 2] = shear[2, 1] = amount / 2  # engineering shear strain γ_yz = amount
+        d_normal = (stress(normal, True) - stress(-normal, True)) / (2 * amount)
+        d_shear = (stress(shear, True) - stress(-shear, True)) / (2 * amount)
+        d_shear_0 = (stress(shear, False) - stress(-shear, False)) / (2 * amount)
+        return {"C11": float(d_normal[0]), "C12": float(0.5 * (d_normal[1] + d_normal[2])),
+                "C44": float(d_shear[3]), "C44_unrelaxed": float(d_shear_0[3])}
+
+    result = constants(strain)
+    check = constants(2 * strain)
     at_a0 = crystal.conventional(a0)
     at_a0.calc = calc
-    c11, c12, c44 = d_normal[0], 0.5 * (d_normal[1] + d_normal[2]), d_shear[3]
-    return {"C11": float(c11), "C12": float(c12), "C44": float(c44),
-            "C44_unrelaxed": float(d_shear_0[3]), "B_from_C": float((c11 + 2 * c12) / 3),
-            "pressure_at_a0": float(-np.mean(at_a0.get_stress()[:3]) / units.GPa)}
+    scale = max(abs(result[name]) for name in ELASTIC)
+    result.update(
+        B_from_C=(result["C11"] + 2 * result["C12"]) / 3,
+        pressure_at_a0=float(-np.mean(at_a0.get_stress()[:3]) / units.GPa),
+        strain=strain, at_double_strain=check,
+        smooth={name: bool(abs(check[name] - result[name])
+                           <= tolerance * max(abs(result[name]), 0.05 * scale))
+                for name in ELASTIC})
+    return result
 
 
 def phonon_frequencies(calc: Calculator, crystal: Crystal, a0: float, supercell: int = 4,
@@ -1226,7 +1246,7 @@ def validate(model_path: str, reference: Reference, test_path: Optional[str], ou
                 method, cell, settings.speed_repeats, temperature, settings.timestep,
                 settings.speed_steps))
             report.results["speed"] = speed
-            _write_speed_section(lines, speed, report.results.get("md", {}), len(atoms), settings)
+            _write_speed_section(lines, speed, settings)
 
     total = time.perf_counter() - total_start
     report.results["timings_s"]["total"] = round(total, 1)
@@ -1315,9 +1335,15 @@ def _write_crystal_section(lines, crystal, eos, elastic, data_eos, reference, da
                   ("C44⁰ (GPa), unrelaxed", "C44_unrelaxed", 1, elastic),
                   ("(C11 + 2 C12)/3 (GPa)", "B_from_C", 1, elastic),
                   ("E0 (eV/atom)", "E0", 4, eos)]
+    def cell(table, label, key, digits):
+        if label not in table:
+            return "–"
+        text = _fmt(table[label].get(key), digits)
+        smooth = table[label].get("smooth", {})
+        return text + " †" if key in smooth and not smooth[key] else text
+
     for title, key, digits, table in quantities:
-        row = [title] + [_fmt(table[label].get(key), digits) if label in table else "–"
-                         for label in labels]
+        row = [title] + [cell(table, label, key, digits) for label in labels]
         lit = literature.get(key if key != "B_from_C" else "B", (None, ""))[0] if literature else None
         if literature:
             row.append(_fmt(lit, digits) if lit is not None and key not in ("E0",) else "–")
@@ -1342,6 +1368,19 @@ def _write_crystal_section(lines, crystal, eos, elastic, data_eos, reference, da
     if "model" in elastic:
         notes[-1] += (" Pressure of the model at its own a0 (E–V vs stress consistency): "
                       f"{elastic['model']['pressure_at_a0']:+.3f} GPa.")
+    rough = [(label, name) for label, values in elastic.items()
+             for name, ok in values.get("smooth", {}).items() if not ok]
+    if rough:
+        notes += ["", "† Not defined by this potential: the value changes with the strain "
+                  "amplitude (" + "; ".join(
+                      f"{label} {name}: {elastic[label][name]:.1f} GPa at ±"
+                      f"{100 * elastic[label]['strain']:g} %, "
+                      f"{elastic[label]['at_double_strain'][name]:.1f} GPa at ±"
+                      f"{200 * elastic[label]['strain']:g} %" for label, name in rough)
+                  + "): the stress is not linear in the strain at small strain, the signature "
+                  "of an energy cusp at the ideal crystal (see the harmonicity check under "
+                  "phonons). C11 and C12 keep the site symmetry (no internal displacement) and "
+                  "are unaffected."]
     if literature:
         notes += ["", f"{reference.literature_label} sources: " + "; ".join(
             f"{k}: {v[1]}" for k, v in literature.items()) + ". These values are quoted, not "
@@ -1495,7 +1534,7 @@ def _write_nve_section(lines, nve, atoms, temperature, settings):
               "", "![NVE energy](nve.png)"]
 
 
-def _write_speed_section(lines, speed, md, md_atoms, settings):
+def _write_speed_section(lines, speed, settings):
     title = "## Speed: wall time per MD step (1 thread)"
     if not speed:
         lines += ["", title, "", "No method could be run."]

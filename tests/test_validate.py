@@ -121,6 +121,7 @@ def test_stillinger_weber_silicon_lattice_and_elastic_constants(sw, sw_eos):
     assert constants["C44_unrelaxed"] > constants["C44"] + 30
     assert constants["B_from_C"] == pytest.approx(sw_eos["B"], abs=0.5)
     assert abs(constants["pressure_at_a0"]) < 0.01
+    assert all(constants["smooth"].values())  # same constants at twice the strain
 
 
 def test_emt_copper_against_matscipy_and_cell_relaxation():
@@ -165,7 +166,7 @@ class NormCusp(Calculator):
     """SW plus c · Σ_i |Σ_j exp(−r_ij) r̂_ij|: the norm of a vector feature that vanishes at a
     tetrahedral site, as in equivariant models; E ∝ |u| near the ideal crystal."""
 
-    implemented_properties = ["energy", "forces"]
+    implemented_properties = ["energy", "forces", "stress"]
 
     def __init__(self, sw, strength=0.5):
         super().__init__()
@@ -192,7 +193,18 @@ class NormCusp(Calculator):
                     trial.positions[a, k] += sign * h
                     energies.append(self._energy(trial))
                 forces[a, k] = -(energies[0] - energies[1]) / (2 * h)
-        self.results = {"energy": self._energy(self.atoms), "forces": forces}
+        stress = np.zeros(6)
+        for voigt, (i, j) in enumerate([(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]):
+            energies = []
+            for sign in (1, -1):
+                strain = np.eye(3)
+                strain[i, j] += sign * h / 2
+                strain[j, i] += sign * h / 2
+                trial = self.atoms.copy()
+                trial.set_cell(self.atoms.cell.array @ strain, scale_atoms=True)
+                energies.append(self._energy(trial))
+            stress[voigt] = (energies[0] - energies[1]) / (2 * h) / self.atoms.get_volume()
+        self.results = {"energy": self._energy(self.atoms), "forces": forces, "stress": stress}
 
 
 def test_harmonicity_check_flags_a_cusp_at_the_symmetric_site(sw, sw_eos):
@@ -200,6 +212,9 @@ def test_harmonicity_check_flags_a_cusp_at_the_symmetric_site(sw, sw_eos):
     frequencies = list(check["gamma_max_by_delta"].values())
     assert not check["harmonic"]
     assert frequencies[0] > frequencies[1] > frequencies[2]  # k = k_SW + c/δ
+    constants = elastic_constants(NormCusp(sw), SILICON, sw_eos["a0"], fmax=1e-3)
+    assert constants["smooth"]["C11"] and constants["smooth"]["C12"]  # site symmetry kept
+    assert not constants["smooth"]["C44_unrelaxed"]  # shear breaks it: σ ∝ sign(γ)
 
 
 def test_rdf_of_the_ideal_crystal_counts_the_neighbours():
