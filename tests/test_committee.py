@@ -20,7 +20,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
 import mlpot
-from mlpot import calibration, cli
+from mlpot import calibration, cli, testing
 from mlpot.calculator import MLPotCalculator
 from mlpot.model_file import METADATA_RECORD, ModelFileError, read_metadata, update_metadata
 from mlpot.models import BehlerParrinello, Committee, PaiNN
@@ -54,12 +54,8 @@ def behler_parrinello(seed, symmetry_functions=SYMMETRY_FUNCTIONS):
 
 
 def evaluate(calculator, atoms):
-    atoms = atoms.copy()
-    atoms.calc = calculator
-    result = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(),
-              "energies": atoms.get_potential_energies()}
-    if atoms.cell.rank == 3:
-        result["stress"] = atoms.get_stress()
+    """mlpot.testing.evaluate plus the calculator's uncertainty results."""
+    result = testing.evaluate(calculator, atoms)
     result.update(calculator.results)
     return result
 

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..model_file import DTYPES, export_model, resolve_device
+from ..model_file import DTYPES, resolve_device
 from . import report
 from .batch import build_graphs
 from .config import ConfigError
 from .data import read_dataset
 from .distributed import Context, rank_device
 from .loop import CHECKPOINT_DIR, Trainer, _atomic_save, _split, _to_training_dtype
-from .loop import check_resumable, run_training
+from .loop import check_resumable, export_if_asked, run_training
 
 
 def member_config(config: Dict, k: int) -> Dict:
@@ -123,12 +123,9 @@ def _finish(config: Dict, members, directory: Path, log) -> Dict:
                  directory / CHECKPOINT_DIR / "best.pt")
     result = {"metrics": metrics, "metadata": metadata,
               "checkpoint": str(directory / CHECKPOINT_DIR / "best.pt")}
-    if output["export"]:
-        path = Path(output["export"])
-        path = path if path.is_absolute() else directory / path
-        export_model(committee, path, metadata=metadata, dtype=output["export_dtype"])
-        log(f"exported committee {path} ({output['export_dtype']}, {len(models)} members)")
-        result["export"] = str(path)
+    exported = export_if_asked(committee, output, directory, metadata, log)
+    if exported:
+        result["export"] = exported
     return result
 
 

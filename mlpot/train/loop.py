@@ -463,13 +463,21 @@ def _finish(trainer: Trainer, graphs: Dict[str, List[Graph]], metadata: Dict, co
     metadata[f"{shown}_rmse"] = ", ".join(errors) + f" ({m['structures']} structures)"
     save_best(model, metadata)
     result = {"metrics": metrics, "metadata": metadata}
-    if output["export"]:
-        path = Path(output["export"])
-        path = path if path.is_absolute() else directory / path
-        export_model(model, path, metadata=metadata, dtype=output["export_dtype"])
-        log(f"exported {path} ({output['export_dtype']})")
-        result["export"] = str(path)
+    exported = export_if_asked(model, output, directory, metadata, log)
+    if exported:
+        result["export"] = exported
     return result
+
+
+def export_if_asked(model, output: Dict, directory: Path, metadata: Dict, log) -> str:
+    """Export the final model where ``output.export`` says (relative to the run folder)."""
+    if not output["export"]:
+        return ""
+    path = Path(output["export"])
+    path = path if path.is_absolute() else directory / path
+    export_model(model, path, metadata=metadata, dtype=output["export_dtype"])
+    log(f"exported {path} ({output['export_dtype']})")
+    return str(path)
 
 
 def check_resumable(saved: Dict, config: Dict) -> None:
