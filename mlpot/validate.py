@@ -1153,6 +1153,7 @@ def validate(model_path: str, reference: Reference, test_path: Optional[str], ou
     ])
     report.results.update(model=str(model_path), sha256=digest, species=species,
                           reference=reference.name, quick=settings.quick)
+    summary_at = len(lines)
 
     # ---- test set
     if test_path:
@@ -1257,10 +1258,76 @@ def validate(model_path: str, reference: Reference, test_path: Optional[str], ou
                     [[k, f"{v:.0f}"] for k, v in report.results["timings_s"].items()])
     if report.failures:
         report.results["failures"] = report.failures
+    lines[summary_at:summary_at] = _summary(report.results, reference)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(_jsonable(report.results), indent=1))
     print(f"mlpot validate: wrote {out / 'report.md'} ({total:.0f} s)")
     return report.results
+
+
+def _summary(results: Dict, reference: Reference) -> List[str]:
+    """The headline numbers of every section, model against the reference, in one table."""
+    rows = []
+    test = results.get("test_set", {}).get("model")
+    if test:
+        text = (f"E {test['energy_mae']:.2f} meV/atom, F {test['force_mae']:.0f} meV/Å"
+                + (f", σ {test['stress_mae']:.1f} meV/Å³" if "stress_mae" in test else ""))
+        rows.append(["test-set MAE", text, "labels", "–"])
+    primary = reference.primary.label if reference.primary else None
+    eos, elastic = results.get("eos", {}), results.get("elastic", {})
+    for key, table, title, digits in [("a0", eos, "a0 (Å)", 4), ("B", eos, "B (GPa)", 0),
+                                      ("C11", elastic, "C11 (GPa)", 0),
+                                      ("C12", elastic, "C12 (GPa)", 0),
+                                      ("C44", elastic, "C44 (GPa)", 0)]:
+        if "model" not in table:
+            continue
+        model = table["model"][key]
+        smooth = table["model"].get("smooth", {}).get(key, True)
+        if key in reference.literature:
+            other, label = reference.literature[key][0], reference.literature_label
+        elif primary in table:
+            other, label = table[primary][key], primary
+        else:
+            other, label = None, "–"
+        rows.append([title, _fmt(model, digits) + ("" if smooth else " † (not defined)"),
+                     f"{_fmt(other, digits)} ({label})" if other is not None else "–",
+                     _rel(model, other) if smooth else "–"])
+    phonons = results.get("phonons", {})
+    if "model" in phonons:
+        model = float(phonons["model"]["points"]["G"][-1])
+        smooth = phonons["model"]["harmonicity"]["harmonic"]
+        literature = reference.phonon_literature.get(("G", (3, 4, 5)))
+        if literature:
+            other, label = literature[0], reference.phonon_literature_label
+        elif primary in phonons:
+            other, label = float(phonons[primary]["points"]["G"][-1]), primary
+        else:
+            other, label = None, "–"
+        rows.append(["highest Γ phonon (THz)",
+                     _fmt(model, 2) + ("" if smooth else " † (not smooth: undefined)"),
+                     f"{_fmt(other, 2)} ({label})" if other is not None else "–",
+                     _rel(model, other) if smooth else "–"])
+    md = results.get("md", {})
+    if "model" in md and len(md) > 1:
+        label = [k for k in md if k != "model"][0]
+        difference = md["model"]["rdf"]["total"] - md[label]["rdf"]["total"]
+        rows.append(["RDF, RMS Δg(r) (hot solid)", _fmt(float(np.sqrt(np.mean(
+            difference ** 2))), 3), f"0 ({label} MD)", "–"])
+    nve = results.get("nve", {})
+    if "model" in nve:
+        label = [k for k in nve if k != "model"]
+        rows.append(["NVE drift in LAMMPS (meV/atom/ps)", _fmt(nve["model"]["drift"], 3),
+                     f"{_fmt(nve[label[0]]['drift'], 3)} ({label[0]})" if label else "–", "–"])
+    speed = results.get("speed", {}).get("model", {})
+    if speed:
+        size = sorted(speed, key=int)[0]
+        rows.append([f"MD step, {size} atoms, 1 thread (ms)",
+                     f"ASE {_fmt(speed[size].get('ase'), 0)}, LAMMPS "
+                     f"{_fmt(speed[size].get('lammps'), 0)}", "–", "–"])
+    if not rows:
+        return []
+    return ["", "## Summary", ""] + _table(["", "model", "reference", "Δ"], rows) + [
+        "", "Details, methods and sources in the sections below."]
 
 
 def _short_paths(text: str) -> str:

@@ -303,7 +303,7 @@ def test_report_quick_end_to_end(tmp_path):
     results = validate.run(args)
 
     report = (out / "report.md").read_text()
-    for heading in ("## Test-set errors", "## Crystal properties: diamond Si",
+    for heading in ("## Summary", "## Test-set errors", "## Crystal properties: diamond Si",
                     "## Phonons at Γ, X, L (THz)", "## MD: radial distribution function",
                     "## NVE in LAMMPS: energy conservation", "## Speed: wall time per MD step"):
         assert heading in report
