@@ -567,8 +567,10 @@ def elastic_constants(calc: Calculator, crystal: Crystal, a0: float, strain: flo
 
 
 def phonon_frequencies(calc: Calculator, crystal: Crystal, a0: float, supercell: int = 4,
-                       delta: float = 0.01, path: str = "GXWKGL", npoints: int = 120) -> Dict:
-    """Phonon frequencies (THz) at Γ, X, L and along ``path``, by finite displacements.
+                       delta: float = 0.01, path: Optional[str] = "GXWKGL",
+                       npoints: int = 120) -> Dict:
+    """Phonon frequencies (THz) at Γ, X, L and along ``path`` (None: none), by finite
+    displacements; imaginary frequencies are negative.
 
     ase.phonons on an N×N×N supercell of the primitive cell (acoustic sum rule imposed).
     X and L are commensurate with even N, so their frequencies are exact up to the finite
@@ -585,12 +587,15 @@ def phonon_frequencies(calc: Calculator, crystal: Crystal, a0: float, supercell:
         phonons.read(acoustic=True)
         points = {q: phonons.band_structure([special[q]], verbose=False)[0] * EV_TO_THZ
                   for q in ("G", "X", "L")}
-        band_path = primitive.cell.bandpath(path, npoints=npoints)
-        bands = phonons.band_structure(band_path.kpts, verbose=False) * EV_TO_THZ
-    x, ticks, labels = band_path.get_linear_kpoint_axis()
-    return {"points": {q: np.sort(np.real(f)) for q, f in points.items()},
-            "path": {"x": x, "bands": np.real(bands), "ticks": ticks, "labels": list(labels)},
-            "supercell": supercell}
+        if path:
+            band_path = primitive.cell.bandpath(path, npoints=npoints)
+            bands = phonons.band_structure(band_path.kpts, verbose=False) * EV_TO_THZ
+    result = {"points": {q: np.sort(np.real(f)) for q, f in points.items()},
+              "supercell": supercell, "delta": delta}
+    if path:
+        x, ticks, labels = band_path.get_linear_kpoint_axis()
+        result["path"] = {"x": x, "bands": np.real(bands), "ticks": ticks, "labels": list(labels)}
+    return result
 
 
 def gamma_frequencies(calc: Calculator, crystal: Crystal, a0: float,
@@ -619,20 +624,36 @@ def gamma_frequencies(calc: Calculator, crystal: Crystal, a0: float,
     return np.sign(eigenvalues) * np.sqrt(np.abs(eigenvalues)) * to_thz
 
 
-def harmonicity(calc: Calculator, crystal: Crystal, a0: float,
-                deltas: Sequence[float] = (0.0025, 0.01, 0.04)) -> Dict:
-    """The highest Γ frequency from displacements of several amplitudes.
+def harmonicity(calc: Calculator, crystal: Crystal, a0: float, supercell: int = 2,
+                deltas: Sequence[float] = (0.0025, 0.01, 0.04), reported: float = 0.01,
+                tolerance: float = 0.05, floor: float = 0.2) -> Dict:
+    """Γ, X and L frequencies (THz) from finite displacements of several amplitudes.
 
-    For a potential that is smooth at the ideal crystal they agree (to anharmonic corrections,
-    ≲ 1 % here). A potential with a cusp at the symmetric site (E ∝ |u|, e.g. a norm of
-    vector features that vanish by symmetry) gives force constants that grow as 1/δ: its
-    phonons (and C44 with internal relaxation) are then not defined.
+    Harmonic force constants do not depend on the amplitude: the frequencies at the smallest
+    amplitude and at the ``reported`` one must agree to ``tolerance`` (relative) or ``floor``
+    (THz), every mode but the acoustic ones at Γ. They do not where the energy is not harmonic
+    on that scale: a cusp at the symmetric site (E ∝ |u|, e.g. a norm of vector features that
+    vanish by symmetry: force constants grow as 1/δ), or a soft or unstable mode stiffened by
+    large quartic terms. The phonons (and C44, whose internal relaxation probes the same
+    displacements) are then not those of a harmonic crystal.
     """
-    values = {float(d): float(gamma_frequencies(calc, crystal, a0, d)[-1]) for d in deltas}
-    frequencies = np.array(list(values.values()))
-    spread = float(np.ptp(frequencies) / max(np.abs(frequencies).max(), 1e-12))
-    return {"gamma_max_by_delta": values, "relative_spread": spread,
-            "harmonic": bool(spread < 0.05 and np.all(frequencies > 0))}
+    points = {float(d): phonon_frequencies(calc, crystal, a0, supercell, d, path=None)["points"]
+              for d in deltas}
+    small, at_reported = points[float(min(deltas))], points[float(reported)]
+    worst, harmonic = None, True
+    for q in ("G", "X", "L"):
+        for band in range(3 if q == "G" else 0, len(at_reported[q])):
+            f, g = float(at_reported[q][band]), float(small[q][band])
+            excess = abs(f - g) / max(tolerance * abs(f), floor)
+            if worst is None or excess > worst["excess"]:
+                worst = {"q": q, "band": band + 1, "at_reported": f, "at_smallest": g,
+                         "excess": excess}
+            harmonic &= excess <= 1.0
+    imaginary = any(float(np.min(p[q][3:] if q == "G" else p[q])) < -floor
+                    for p in points.values() for q in p)
+    return {"points_by_delta": points, "reported_delta": float(reported),
+            "smallest_delta": float(min(deltas)), "worst": worst, "harmonic": bool(harmonic),
+            "imaginary": bool(imaginary)}
 
 
 def partial_rdf(atoms: Atoms, r_max: float, bins: int = 120) -> Dict[str, np.ndarray]:
@@ -1196,8 +1217,9 @@ def validate(model_path: str, reference: Reference, test_path: Optional[str], ou
                                   lambda method: _with(method, lambda calc: {
                                       **phonon_frequencies(calc, crystal, eos[method.label]["a0"],
                                                            supercell=settings.phonon_supercell),
-                                      "harmonicity": harmonicity(calc, crystal,
-                                                                 eos[method.label]["a0"])}))
+                                      "harmonicity": harmonicity(
+                                          calc, crystal, eos[method.label]["a0"],
+                                          supercell=settings.phonon_supercell)}))
             report.results["phonons"] = {k: {"points": v["points"], "supercell": v["supercell"],
                                              "harmonicity": v["harmonicity"]}
                                          for k, v in phonons.items()}
@@ -1303,10 +1325,17 @@ def _summary(results: Dict, reference: Reference) -> List[str]:
             other, label = float(phonons[primary]["points"]["G"][-1]), primary
         else:
             other, label = None, "–"
-        rows.append(["highest Γ phonon (THz)",
-                     _fmt(model, 2) + ("" if smooth else " † (not smooth: undefined)"),
+        rows.append(["highest Γ phonon (THz)", _fmt(model, 2),
                      f"{_fmt(other, 2)} ({label})" if other is not None else "–",
-                     _rel(model, other) if smooth else "–"])
+                     _rel(model, other)])
+        check = phonons["model"]["harmonicity"]
+        worst = check["worst"]
+        rows.append(["phonons harmonic at Γ, X, L?", "yes" if smooth else (
+            f"**no**: {'Γ' if worst['q'] == 'G' else worst['q']} band {worst['band']} "
+            f"{worst['at_reported']:.2f} THz at {check['reported_delta']:g} Å, "
+            f"{worst['at_smallest']:.2f} at {check['smallest_delta']:g} Å"
+            + ("; imaginary modes" if check["imaginary"] else "")),
+            "–", "–"])
     md = results.get("md", {})
     if "model" in md and len(md) > 1:
         label = [k for k in md if k != "model"][0]
@@ -1520,23 +1549,36 @@ def _write_phonon_section(lines, phonons, reference, settings):
               "finite displacement. Bands are numbered from the lowest, degenerate ones grouped "
               "(by the first computed reference column); imaginary frequencies are shown "
               "negative."]
-    deltas = list(next(iter(phonons.values()))["harmonicity"]["gamma_max_by_delta"])
-    lines += ["", "**Harmonicity check**: highest Γ frequency (THz) from a frozen phonon in the "
-              "primitive cell, by displacement amplitude. A potential that is smooth at the "
-              "ideal crystal gives the same number for every amplitude.", ""]
-    lines += _table(["amplitude", *labels], [
-        [f"{delta:g} Å", *[_fmt(phonons[label]["harmonicity"]["gamma_max_by_delta"][delta], 2)
-                           for label in labels]] for delta in deltas] + [
-        ["smooth?", *["yes" if phonons[label]["harmonicity"]["harmonic"] else "**no**"
-                      for label in labels]]])
-    rough = [label for label in labels if not phonons[label]["harmonicity"]["harmonic"]]
+    checks = {label: phonons[label]["harmonicity"] for label in labels}
+    first = next(iter(checks.values()))
+    deltas = list(first["points_by_delta"])
+
+    def change(check):
+        worst = check["worst"]
+        q = "Γ" if worst["q"] == "G" else worst["q"]
+        return (f"{q} band {worst['band']}: {worst['at_reported']:.2f} → "
+                f"{worst['at_smallest']:.2f}")
+
+    lines += ["", "**Harmonicity check**: the same phonons from smaller and larger displacements. "
+              "Harmonic force constants do not depend on the amplitude.", ""]
+    lines += _table(["", *labels], [
+        [f"highest Γ frequency, {delta:g} Å (THz)",
+         *[_fmt(float(checks[label]["points_by_delta"][delta]["G"][-1]), 2) for label in labels]]
+        for delta in deltas] + [
+        [f"largest change of a Γ/X/L mode, {first['reported_delta']:g} → "
+         f"{first['smallest_delta']:g} Å (THz)", *[change(checks[label]) for label in labels]],
+        ["imaginary Γ/X/L modes at some amplitude",
+         *["**yes**" if checks[label]["imaginary"] else "no" for label in labels]],
+        ["harmonic?", *["yes" if checks[label]["harmonic"] else "**no**" for label in labels]]])
+    rough = [label for label in labels if not checks[label]["harmonic"]]
     if rough:
-        lines += ["", f"**{', '.join(rough)}: the force constants depend on the displacement "
-                  "amplitude**, i.e. the energy is not smooth (not harmonic) at the ideal crystal "
-                  "(a cusp, E ∝ |u|, as a norm of vector features that vanish by symmetry at "
-                  "the site gives). Phonon frequencies — and C44, whose internal relaxation "
-                  "breaks the same symmetry — are then not defined by this potential, and the "
-                  "numbers above are artefacts of the 0.01 Å displacement (and 0.5 % strain)."]
+        lines += ["", f"**{', '.join(rough)}: the frequencies depend on the displacement "
+                  "amplitude**: the energy is not harmonic around the ideal crystal on the "
+                  "0.01 Å scale. A cusp (E ∝ |u|, as a norm of vector features that vanish by "
+                  "symmetry at the site gives) makes them grow as the amplitude shrinks; a soft "
+                  "or unstable mode held by quartic terms makes them fall. Either way the "
+                  "numbers above are not the harmonic phonons of the ideal crystal, and C44, "
+                  "whose internal relaxation probes the same displacements, is suspect too."]
     if literature:
         lines += ["", "Experimental phonons of Si (neutron scattering, 296 K): G. Nilsson and "
                   "G. Nelin, PRB 6, 3777 (1972). PBE itself is not experiment: at its own lattice "
