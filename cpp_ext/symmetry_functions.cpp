@@ -11,15 +11,19 @@
 // multiplied by u_a once at the end; only the B terms need a vector accumulator. Radial terms lie
 // along u_a.
 //
-// Speed. Per centre, the edges inside the angular cutoff are stored as arrays (sorted by neighbour
-// species, zero-padded to a multiple of 4); for each edge a, everything that depends on the pair
-// (a, b) only (cos θ, r_jk, f_c(r_jk), exp(−η r_jk²), the powers (1 ± cos θ)^ζ) is computed for
-// all partners b > a in loops over b that the compiler vectorises (hence the branch-free exp,
-// sin/cos and 1/√x below), and so is the accumulation over b, function by function. In
-// chain-rule mode (gradient()), the functions of an (η, kind) group are first summed with their
-// weights dE/dG, so the geometric terms are evaluated once per group instead of per function.
-// On x86-64 with GCC the hot functions are also compiled for AVX2 + FMA and picked at load time
-// (target_clones).
+// Speed. Per centre, the edges inside the angular cutoff are stored as arrays sorted by neighbour
+// species. Row by row (edge a), the partners b are gathered into contiguous, zero-padded arrays —
+// only those with r_jk < rc when every function is a G4 (f_c(r_jk) = 0 removes the others, about
+// half the pairs in a dense solid) — and everything that depends on the pair only (cos θ, r_jk,
+// f_c(r_jk), exp(−η r_jk²), the powers (1 ± cos θ)^ζ from shared squares) is computed in loops
+// over b that the compiler vectorises (hence the branch-free exp, sin/cos and 1/√x below), and so
+// is the accumulation over b, function by function. Descriptors alone visit each pair once
+// (b > a). With stored derivatives a row visits every partner b ≠ a and accumulates only its own
+// edge's terms (no partner-side stores). In chain-rule mode (gradient()) the functions of an
+// (η, kind) group are first summed with their weights dE/dG, so the geometric terms are
+// evaluated once per group instead of per function, and the partner-side terms of a row are
+// added to the partners once at its end. On x86-64 with GCC the hot functions are also compiled
+// for AVX2 + FMA and picked at load time (target_clones).
 #include "symmetry_functions.hpp"
 
 #include <algorithm>
@@ -227,26 +231,36 @@ void edge_factors(int n, std::size_t stride, const double* __restrict r, int n_e
 // Everything the angular accumulation needs, as raw arrays (see SymmetryFunctions::Workspace).
 // Angular slots are sorted by neighbour species: species t occupies [run[t], run[t + 1]).
 struct AngularArrays {
-    int n;                                   // edges inside the angular cutoff
-    std::size_t stride;                      // ≥ n + 3: per-partner arrays are zero beyond n
-    const double *r, *inv_r, *ux, *uy, *uz;  // [n]
-    const double *vx, *vy, *vz;              // [n] edge vectors
-    const int* species;                      // [n]
-    const int* run;                          // [S + 1]
+    int n;                                            // edges inside the angular cutoff
+    const double *r, *inv_r, *ux, *uy, *uz;           // [n + 1]: slot n is zero (padding)
+    const double *vx, *vy, *vz;                       // [n] edge vectors
+    const int* species;                               // [n]
+    const int* run;                                   // [S + 1]
     int num_species;
-    const double *h, *dh;                    // [n_eta][n]
-    // Pair quantities of the current row a, indexed by the partner b.
-    double *c_ra, *c_rb, *rjk, *inv_rjk, *fcjk, *dfcjk;  // [n]
-    double *H, *Da, *Db, *Qa, *Qb;                        // [n_groups][n]; Qa = Q r_a, Qb = Q r_b
-    double *P, *dP, *x;                                   // [n_powers][n], [n]
+    int n_eta;
+    std::size_t h_stride;
+    const double *h, *dh;                             // [n_eta][h_stride ≥ n + 1], zero at n
+    // A batch of rows: their partners, gathered one after the other (see gather_partners),
+    // with the row's own values beside each entry; cap ≥ n + 4 S entries.
+    std::size_t cap;
+    int* partner;                                     // [cap]: angular slot, or n for padding
+    int* row_run;                                     // [rows of the batch][S + 1]
+    double *r_a, *inv_r_a, *ux_a, *uy_a, *uz_a;       // [cap]
+    double *r_b, *inv_r_b, *ux_b, *uy_b, *uz_b, *rjk2;  // [cap]
+    double *h_a, *dh_a, *h_b, *dh_b;                  // [n_eta][cap]
+    double *cos_theta, *c_ra, *c_rb, *rjk, *inv_rjk, *fcjk, *dfcjk;  // [cap]
+    double *H, *Da, *Db, *Qa, *Qb;                    // [n_groups][cap]; Qa = Q r_a, Qb = Q r_b
+    double *P, *dP, *x, *squares;                     // [n_powers][cap], [cap], [bits][cap]
     // Accumulators, internal function order; k = pair × n_angular + f.
     double* G;  // [k]
-    double* A;  // [k][n] or null
-    double* B;  // [3][k][n] or null
+    double* A;  // [angular slot][k] or null
+    double* B;  // [angular slot][k][3] or null
     // Chain-rule mode (A, B null): weights W[k] = dE/dG (internal order) and, per angular slot,
-    // the gradient's component along u (along[n]) and the rest (gx, gy, gz [n]); scratch WP, WdP.
+    // the gradient's component along u (along) and the rest (gx, gy, gz) [n + 1: slot n takes
+    // the padding's zeros]; the batch's partner-side terms (b_along, b_gx, b_gy, b_gz [cap]);
+    // scratch WP, WdP [cap].
     const double* W;
-    double *along, *gx, *gy, *gz, *WP, *WdP;
+    double *along, *gx, *gy, *gz, *b_along, *b_gx, *b_gy, *b_gz, *WP, *WdP;
 };
 
 struct AngularPlan {
@@ -258,63 +272,85 @@ struct AngularPlan {
     const int* function_power;
     int ladder_bits;
     bool cosine;
+    bool all_g4;  // every function has the f_c(r_jk) factor: partners with r_jk ≥ rc are dropped
     double rc, inv_rc;
 };
 
-// P = scale · x^(m+1) and dP = dscale · x^m for x = max(1 + λ cos θ, 0), integer m < 2^Bits,
-// by binary powering unrolled over the bits of m (one vectorised pass over the partners).
-template <int Bits>
-inline void integer_power(int b0, int n, double lambda, int m, double scale, double dscale,
-                          const double* __restrict c, double* __restrict P,
-                          double* __restrict dP) {
-    for (int b = b0; b < n; ++b) {
-        double x = 1.0 + lambda * c[b];
-        x = x > 0.0 ? x : 0.0;
-        double power = 1.0, square = x;
-        for (int k = 0; k < Bits; ++k) {
-            power = ((m >> k) & 1) ? power * square : power;
-            square = square * square;
+inline void gather(int begin, int end, const int* __restrict index,
+                   const double* __restrict source, double* __restrict target) {
+    for (int j = begin; j < end; ++j) target[j] = source[index[j]];
+}
+
+inline void broadcast(int begin, int end, double value, double* __restrict target) {
+    for (int j = begin; j < end; ++j) target[j] = value;
+}
+
+// Row a's partners b ≥ first (b ≠ a), appended to the batch from entry m, species run by species
+// run (run[t] … run[t + 1]), each run zero-padded to a multiple of 4 so that the vector loops
+// need no remainders (padding points at the zero slot n, where h = dh = u = r = 0, with
+// r_jk = rc: every term it enters is exactly zero). When every function is a G4, partners with r_jk ≥ rc are left out: f_c(r_jk) = 0 makes
+// their terms vanish, and in a dense solid that is about half of the pairs. Returns the new end.
+inline int gather_partners(const AngularPlan& p, const AngularArrays& w, int a, int first, int m,
+                           int* run) {
+    const double vxa = w.vx[a], vya = w.vy[a], vza = w.vz[a];
+    const double rc2 = p.rc * p.rc;
+    const int begin = m;
+    run[0] = m;
+    for (int t = 0; t < w.num_species; ++t) {
+        for (int b = std::max(first, w.run[t]); b < w.run[t + 1]; ++b) {
+            const double dx = w.vx[b] - vxa, dy = w.vy[b] - vya, dz = w.vz[b] - vza;
+            const double r2 = dx * dx + dy * dy + dz * dz;
+            w.partner[m] = b;
+            w.rjk2[m] = r2;
+            m += (b != a) & (!p.all_g4 | (r2 < rc2));  // branch-free compaction
         }
-        P[b] = scale * power * x;
-        dP[b] = dscale * power;
+        for (; (m - begin) & 3; ++m) {
+            w.partner[m] = w.n;  // the zero slot
+            w.rjk2[m] = rc2;
+        }
+        run[t + 1] = m;
     }
+    gather(begin, m, w.partner, w.r, w.r_b);
+    gather(begin, m, w.partner, w.inv_r, w.inv_r_b);
+    gather(begin, m, w.partner, w.ux, w.ux_b);
+    gather(begin, m, w.partner, w.uy, w.uy_b);
+    gather(begin, m, w.partner, w.uz, w.uz_b);
+    broadcast(begin, m, w.r[a], w.r_a);
+    broadcast(begin, m, w.inv_r[a], w.inv_r_a);
+    broadcast(begin, m, w.ux[a], w.ux_a);
+    broadcast(begin, m, w.uy[a], w.uy_a);
+    broadcast(begin, m, w.uz[a], w.uz_a);
+    for (int q = 0; q < w.n_eta; ++q) {
+        const double* h = w.h + q * w.h_stride;
+        const double* dh = w.dh + q * w.h_stride;
+        gather(begin, m, w.partner, h, w.h_b + q * w.cap);
+        gather(begin, m, w.partner, dh, w.dh_b + q * w.cap);
+        broadcast(begin, m, h[a], w.h_a + q * w.cap);
+        broadcast(begin, m, dh[a], w.dh_a + q * w.cap);
+    }
+    return m;
 }
 
-// The same for a non-integer ζ (std::pow; not vectorised).
-inline void general_power(int b0, int n, double lambda, double zeta, double scale, double dscale,
-                          const double* __restrict c, double* __restrict P,
-                          double* __restrict dP) {
-    for (int b = b0; b < n; ++b) {
-        double x = 1.0 + lambda * c[b];
-        x = x > 0.0 ? x : 0.0;
-        const double power = std::pow(x, zeta - 1.0);
-        P[b] = scale * power * x;
-        dP[b] = dscale * power;
-    }
-}
-
-// cos θ (and cos θ / r_a, cos θ / r_b), r_jk, 1/r_jk, f_c(r_jk), f_c'(r_jk) for partners
-// b ∈ [b0, n)// of edge a; r_jk ≥ rc gives f_c = f_c' = 1/r_jk = 0.
+// cos θ (and cos θ / r_a, cos θ / r_b), r_jk, 1/r_jk, f_c(r_jk), f_c'(r_jk) of the gathered
+// partners; r_jk ≥ rc gives f_c = f_c' = 1/r_jk = 0.
 template <bool Cosine>
-inline void pair_geometry(int b0, int n, const double* __restrict ux, const double* __restrict uy,
-                          const double* __restrict uz, const double* __restrict vx,
-                          const double* __restrict vy, const double* __restrict vz,
-                          const double* __restrict inv_r, double uxa, double uya, double uza,
-                          double vxa, double vya, double vza, double inv_ra, double rc2,
-                          double inv_rc, double* __restrict cos_theta, double* __restrict c_ra,
-                          double* __restrict c_rb, double* __restrict rjk_out,
-                          double* __restrict inv_rjk, double* __restrict fcjk,
-                          double* __restrict dfcjk) {
-    for (int b = b0; b < n; ++b) {
-        const double c = uxa * ux[b] + uya * uy[b] + uza * uz[b];
+inline void pair_geometry(int m, const double* __restrict ux, const double* __restrict uy,
+                          const double* __restrict uz, const double* __restrict inv_r,
+                          const double* __restrict rjk2, const double* __restrict uxa,
+                          const double* __restrict uya, const double* __restrict uza,
+                          const double* __restrict inv_ra, double rc2, double inv_rc,
+                          double* __restrict cos_theta,
+                          double* __restrict c_ra, double* __restrict c_rb,
+                          double* __restrict rjk_out, double* __restrict inv_rjk,
+                          double* __restrict fcjk, double* __restrict dfcjk) {
+    for (int b = 0; b < m; ++b) {
+        const double c = uxa[b] * ux[b] + uya[b] * uy[b] + uza[b] * uz[b];
         cos_theta[b] = c;
-        c_ra[b] = c * inv_ra;
+        c_ra[b] = c * inv_ra[b];
         c_rb[b] = c * inv_r[b];
-        const double dx = vx[b] - vxa, dy = vy[b] - vya, dz = vz[b] - vza;
-        const double rjk2 = dx * dx + dy * dy + dz * dz;
-        const double in = rjk2 < rc2 ? 1.0 : 0.0;
+        const double in = rjk2[b] < rc2 ? 1.0 : 0.0;
         double inverse, rjk;
-        inverse_sqrt_and_sqrt(rjk2 < rc2 ? rjk2 : rc2, inverse, rjk);
+        inverse_sqrt_and_sqrt(rjk2[b] < rc2 ? rjk2[b] : rc2, inverse, rjk);
         double fc, dfc;
         if (Cosine) {
             cosine_cutoff(rjk * inv_rc, inv_rc, fc, dfc);
@@ -330,74 +366,200 @@ inline void pair_geometry(int b0, int n, const double* __restrict ux, const doub
 
 // G4 distance factor H = h(r_a) h(r_b) h(r_jk) and its pieces (see the file header):
 // Da = ∂H/∂r_a + Q r_a, Db = ∂H/∂r_b + Q r_b, Qa = Q r_a, Qb = Q r_b.
-inline void g4_factors(int b0, int n, double eta, double ra, const double* __restrict hb,
-                       const double* __restrict dhb, const double* __restrict rb, double ha,
-                       double dha, const double* __restrict rjk,
+inline void g4_factors(int m, double eta, const double* __restrict ra,
+                       const double* __restrict hb, const double* __restrict dhb,
+                       const double* __restrict rb, const double* __restrict ha,
+                       const double* __restrict dha, const double* __restrict rjk,
                        const double* __restrict inv_rjk, const double* __restrict fcjk,
                        const double* __restrict dfcjk, double* __restrict H,
                        double* __restrict Da, double* __restrict Db, double* __restrict Qa,
                        double* __restrict Qb) {
-    for (int b = b0; b < n; ++b) {
+    for (int b = 0; b < m; ++b) {
         const double ex = exp_nonpositive(-eta * rjk[b] * rjk[b]);
         const double hjk = ex * fcjk[b];
         const double dhjk = ex * (dfcjk[b] - 2.0 * eta * rjk[b] * fcjk[b]);
-        const double hab = ha * hb[b];
+        const double hab = ha[b] * hb[b];
         const double Q = hab * dhjk * inv_rjk[b];
         H[b] = hab * hjk;
-        Qa[b] = Q * ra;
+        Qa[b] = Q * ra[b];
         Qb[b] = Q * rb[b];
-        Da[b] = dha * hb[b] * hjk + Q * ra;
-        Db[b] = ha * dhb[b] * hjk + Q * rb[b];
+        Da[b] = dha[b] * hb[b] * hjk + Q * ra[b];
+        Db[b] = ha[b] * dhb[b] * hjk + Q * rb[b];
     }
 }
 
 // G5 distance factor H = h(r_a) h(r_b) (no r_jk term: Q = 0).
-inline void g5_factors(int b0, int n, const double* __restrict hb, const double* __restrict dhb,
-                       double ha, double dha, double* __restrict H, double* __restrict Da,
+inline void g5_factors(int m, const double* __restrict hb, const double* __restrict dhb,
+                       const double* __restrict ha, const double* __restrict dha,
+                       double* __restrict H, double* __restrict Da,
                        double* __restrict Db, double* __restrict Qa, double* __restrict Qb) {
-    for (int b = b0; b < n; ++b) {
-        H[b] = ha * hb[b];
-        Da[b] = dha * hb[b];
-        Db[b] = ha * dhb[b];
+    for (int b = 0; b < m; ++b) {
+        H[b] = ha[b] * hb[b];
+        Da[b] = dha[b] * hb[b];
+        Db[b] = ha[b] * dhb[b];
         Qa[b] = 0.0;
         Qb[b] = 0.0;
     }
 }
 
-// The terms of one function for partners b ∈ [lo, hi) of edge a: b-side contributions go to
-// Ab, Bbx, Bby, Bbz [b]; the a-side sums (G, A_a, B_a) are returned in sums[0 … 4].
+// P = scale · x^(e+1) and dP = dscale · x^e for x = max(1 + λ cos θ, 0) and every power of
+// the set. Integer exponents e multiply the squares x^(2^k) that the bits of e select; the
+// squares are computed once per λ and shared by all ζ (one multiplication per set bit).
+inline void angular_powers(const AngularPlan& p, const AngularArrays& w, int m) {
+    for (const double lambda : {1.0, -1.0}) {
+        int bits = 0;
+        bool used = false;
+        for (int q = 0; q < p.n_powers; ++q) {
+            if (p.power_lambda[q] != lambda) continue;
+            used = true;
+            for (int e = p.power_exponent[q], k = 0; e > 0; e >>= 1, ++k) bits = std::max(bits, k + 1);
+        }
+        if (!used) continue;
+        double* __restrict x = w.x;
+        for (int b = 0; b < m; ++b) {
+            const double value = 1.0 + lambda * w.cos_theta[b];
+            x[b] = value > 0.0 ? value : 0.0;
+        }
+        for (int k = 0; k < bits; ++k) {
+            const double* __restrict previous = k == 0 ? x : w.squares + (k - 1) * w.cap;
+            double* __restrict square = w.squares + k * w.cap;
+            for (int b = 0; b < m; ++b) square[b] = k == 0 ? x[b] : previous[b] * previous[b];
+        }
+        for (int q = 0; q < p.n_powers; ++q) {
+            if (p.power_lambda[q] != lambda) continue;
+            double* __restrict P = w.P + q * w.cap;
+            double* __restrict dP = w.dP + q * w.cap;
+            const double scale = p.power_scale[q], dscale = p.power_dscale[q];
+            const int e = p.power_exponent[q];
+            if (e < 0) {  // non-integer ζ: std::pow (not vectorised)
+                for (int b = 0; b < m; ++b) dP[b] = std::pow(x[b], p.power_zeta[q] - 1.0);
+            } else {
+                for (int b = 0; b < m; ++b) dP[b] = 1.0;
+                for (int k = 0; (e >> k) > 0; ++k) {
+                    if (!((e >> k) & 1)) continue;
+                    const double* __restrict square = w.squares + k * w.cap;
+                    for (int b = 0; b < m; ++b) dP[b] *= square[b];
+                }
+            }
+            for (int b = 0; b < m; ++b) {
+                P[b] = scale * dP[b] * x[b];
+                dP[b] *= dscale;
+            }
+        }
+    }
+}
+
+// Geometry, distance factors and angular factors of the batch's m entries, in long vector loops.
+MLPOT_SIMD_CLONES
+void batch_factors(const AngularPlan& p, const AngularArrays& w, int m) {
+    const double rc2 = p.rc * p.rc;
+    if (p.cosine) {
+        pair_geometry<true>(m, w.ux_b, w.uy_b, w.uz_b, w.inv_r_b, w.rjk2, w.ux_a, w.uy_a, w.uz_a,
+                            w.inv_r_a, rc2, p.inv_rc, w.cos_theta, w.c_ra, w.c_rb, w.rjk,
+                            w.inv_rjk, w.fcjk, w.dfcjk);
+    } else {
+        pair_geometry<false>(m, w.ux_b, w.uy_b, w.uz_b, w.inv_r_b, w.rjk2, w.ux_a, w.uy_a,
+                             w.uz_a, w.inv_r_a, rc2, p.inv_rc, w.cos_theta, w.c_ra, w.c_rb,
+                             w.rjk, w.inv_rjk, w.fcjk, w.dfcjk);
+    }
+    for (int g = 0; g < p.n_groups; ++g) {
+        const std::size_t qo = static_cast<std::size_t>(p.group_eta_index[g]) * w.cap;
+        const std::size_t go = static_cast<std::size_t>(g) * w.cap;
+        if (p.group_g4[g]) {
+            g4_factors(m, p.group_eta[g], w.r_a, w.h_b + qo, w.dh_b + qo, w.r_b, w.h_a + qo,
+                       w.dh_a + qo, w.rjk, w.inv_rjk, w.fcjk, w.dfcjk, w.H + go, w.Da + go,
+                       w.Db + go, w.Qa + go, w.Qb + go);
+        } else {
+            g5_factors(m, w.h_b + qo, w.dh_b + qo, w.h_a + qo, w.dh_a + qo, w.H + go, w.Da + go,
+                       w.Db + go, w.Qa + go, w.Qb + go);
+        }
+    }
+    angular_powers(p, w, m);
+}
+
+// Index of the unordered species pair (s, t) in the angular block.
+inline int species_pair(int s, int t) {
+    return s >= t ? s * (s + 1) / 2 + t : t * (t + 1) / 2 + s;
+}
+
+// The terms of one function on row a's side for partners [lo, hi): G, A_a, B_a in sums[0 … 4].
 // (restrict-qualified parameters: GCC ignores restrict on local pointers.)
-MLPOT_REASSOCIATE inline void pair_terms(int lo, int hi, const double* __restrict P,
-                       const double* __restrict dP,
-                       const double* __restrict H, const double* __restrict Da,
-                       const double* __restrict Db, const double* __restrict Qa,
-                       const double* __restrict Qb, const double* __restrict c_ra,
-                       const double* __restrict c_rb, const double* __restrict inv_r,
-                       const double* __restrict ux, const double* __restrict uy,
-                       const double* __restrict uz, double inv_ra, double uxa, double uya,
-                       double uza, double* __restrict Ab, double* __restrict Bbx,
-                       double* __restrict Bby, double* __restrict Bbz, double* __restrict sums) {
+MLPOT_REASSOCIATE inline void row_terms(int lo, int hi, const double* __restrict P,
+                                        const double* __restrict dP, const double* __restrict H,
+                                        const double* __restrict Da, const double* __restrict Qb,
+                                        const double* __restrict c_ra,
+                                        const double* __restrict ux, const double* __restrict uy,
+                                        const double* __restrict uz, double inv_ra,
+                                        double* __restrict sums) {
     double sG = 0.0, sA = 0.0, sx = 0.0, sy = 0.0, sz = 0.0;
     for (int b = lo; b < hi; ++b) {
         const double Pb = P[b];
         const double dPH = dP[b] * H[b];
         sG += Pb * H[b];
         sA += Pb * Da[b] - dPH * c_ra[b];
-        Ab[b] += Pb * Db[b] - dPH * c_rb[b];
         const double Bab = dPH * inv_ra - Pb * Qb[b];
-        const double Bba = dPH * inv_r[b] - Pb * Qa[b];
         sx += Bab * ux[b];
         sy += Bab * uy[b];
         sz += Bab * uz[b];
-        Bbx[b] += Bba * uxa;
-        Bby[b] += Bba * uya;
-        Bbz[b] += Bba * uza;
     }
     sums[0] = sG;
     sums[1] = sA;
     sums[2] = sx;
     sums[3] = sy;
     sums[4] = sz;
+}
+
+// Row a with derivatives: the row holds every partner b ≠ a (both orders of each pair), so the
+// row accumulates only its own edge's A and B and G counts each pair twice (hence ½). Storing
+// the partner-side terms instead would need a scatter per function and pair, which costs more
+// than evaluating each pair twice.
+MLPOT_SIMD_CLONES MLPOT_REASSOCIATE
+void derivative_row(const AngularPlan& p, const AngularArrays& w, int a, const int* run) {
+    MLPOT_CLANG_REASSOCIATE
+    const std::size_t NF = static_cast<std::size_t>(p.n_features);
+    double* A = w.A + a * NF;
+    double* B = w.B + 3 * a * NF;
+    for (int t = 0; t < w.num_species; ++t) {
+        const int lo = run[t], hi = run[t + 1];
+        if (lo >= hi) continue;
+        const int base = species_pair(w.species[a], t) * p.n_angular;
+        for (int g = 0; g < p.n_groups; ++g) {
+            const std::size_t go = static_cast<std::size_t>(g) * w.cap;
+            for (int f = p.group_begin[g]; f < p.group_end[g]; ++f) {
+                const std::size_t qo = static_cast<std::size_t>(p.function_power[f]) * w.cap;
+                const std::size_t k = static_cast<std::size_t>(base + f);
+                double sums[5];
+                row_terms(lo, hi, w.P + qo, w.dP + qo, w.H + go, w.Da + go, w.Qb + go, w.c_ra,
+                          w.ux_b, w.uy_b, w.uz_b, w.inv_r[a], sums);
+                w.G[k] += 0.5 * sums[0];
+                A[k] += sums[1];
+                B[3 * k] += sums[2];
+                B[3 * k + 1] += sums[3];
+                B[3 * k + 2] += sums[4];
+            }
+        }
+    }
+}
+
+// Row a of the descriptors only: every function, over the gathered partners b > a.
+MLPOT_SIMD_CLONES MLPOT_REASSOCIATE
+void descriptor_row(const AngularPlan& p, const AngularArrays& w, int a, const int* run) {
+    MLPOT_CLANG_REASSOCIATE
+    for (int t = 0; t < w.num_species; ++t) {
+        const int lo = run[t], hi = run[t + 1];
+        if (lo >= hi) continue;
+        const int base = species_pair(w.species[a], t) * p.n_angular;
+        for (int g = 0; g < p.n_groups; ++g) {
+            const double* __restrict H = w.H + static_cast<std::size_t>(g) * w.cap;
+            for (int f = p.group_begin[g]; f < p.group_end[g]; ++f) {
+                const double* __restrict P =
+                    w.P + static_cast<std::size_t>(p.function_power[f]) * w.cap;
+                double sum = 0.0;
+                for (int b = lo; b < hi; ++b) sum += P[b] * H[b];
+                w.G[base + f] += sum;
+            }
+        }
+    }
 }
 
 // Chain-rule terms of one group for partners b ∈ [lo, hi): with WP = Σ_f w_f P_f and
@@ -444,24 +606,19 @@ MLPOT_REASSOCIATE inline void weighted_powers(int lo, int hi, double weight,
     }
 }
 
-// Row a in chain-rule mode.
+// Row a in chain-rule mode, over the gathered partners b > a: the partner-side terms are summed
+// over the groups in b_along, b_g* (added to the partners' slots at the end of the batch).
 MLPOT_SIMD_CLONES MLPOT_REASSOCIATE
-void chain_rule_row(const AngularPlan& p, const AngularArrays& w, int a) {
+void chain_rule_row(const AngularPlan& p, const AngularArrays& w, int a, const int* run) {
     MLPOT_CLANG_REASSOCIATE
-    const std::size_t sn = w.stride;
     const double inv_ra = w.inv_r[a];
     const double uxa = w.ux[a], uya = w.uy[a], uza = w.uz[a];
-    const int species_a = w.species[a];
     for (int t = 0; t < w.num_species; ++t) {
-        const int lo = std::max(a + 1, w.run[t]);
-        int hi = w.run[t + 1];
+        const int lo = run[t], hi = run[t + 1];
         if (lo >= hi) continue;
-        if (hi == w.n) hi = lo + ((hi - lo + 3) & ~3);  // zero padding, see accumulate_row
-        const int pair = species_a >= t ? species_a * (species_a + 1) / 2 + t
-                                        : t * (t + 1) / 2 + species_a;
-        const int base = pair * p.n_angular;
+        const int base = species_pair(w.species[a], t) * p.n_angular;
         for (int g = 0; g < p.n_groups; ++g) {
-            const std::size_t go = static_cast<std::size_t>(g) * sn;
+            const std::size_t go = static_cast<std::size_t>(g) * w.cap;
             std::fill(w.WP + lo, w.WP + hi, 0.0);
             std::fill(w.WdP + lo, w.WdP + hi, 0.0);
             bool any = false;
@@ -469,14 +626,14 @@ void chain_rule_row(const AngularPlan& p, const AngularArrays& w, int a) {
                 const double weight = w.W[base + f];
                 if (weight == 0.0) continue;
                 any = true;
-                const std::size_t qo = static_cast<std::size_t>(p.function_power[f]) * sn;
+                const std::size_t qo = static_cast<std::size_t>(p.function_power[f]) * w.cap;
                 weighted_powers(lo, hi, weight, w.P + qo, w.dP + qo, w.WP, w.WdP);
             }
             if (!any) continue;
             double sums[4];
             weighted_terms(lo, hi, w.WP, w.WdP, w.H + go, w.Da + go, w.Db + go, w.Qa + go,
-                           w.Qb + go, w.c_ra, w.c_rb, w.inv_r, w.ux, w.uy, w.uz, inv_ra, uxa, uya,
-                           uza, w.along, w.gx, w.gy, w.gz, sums);
+                           w.Qb + go, w.c_ra, w.c_rb, w.inv_r_b, w.ux_b, w.uy_b, w.uz_b, inv_ra,
+                           uxa, uya, uza, w.b_along, w.b_gx, w.b_gy, w.b_gz, sums);
             w.along[a] += sums[0];
             w.gx[a] += sums[1];
             w.gy[a] += sums[2];
@@ -485,113 +642,47 @@ void chain_rule_row(const AngularPlan& p, const AngularArrays& w, int a) {
     }
 }
 
-// Row a of the accumulation: every function, over the partners b > a of each neighbour species.
-// The sums over b are reassociated so that they vectorise (the results differ from a sequential
-// sum by rounding only); nothing in this function relies on the evaluation order.
-MLPOT_SIMD_CLONES MLPOT_REASSOCIATE
-void accumulate_row(const AngularPlan& p, const AngularArrays& w, int a) {
-    MLPOT_CLANG_REASSOCIATE
-    const std::size_t sn = w.stride;
-    const std::size_t NF = static_cast<std::size_t>(p.n_features);
-    const double inv_ra = w.inv_r[a];
-    const double uxa = w.ux[a], uya = w.uy[a], uza = w.uz[a];
-    const int species_a = w.species[a];
-    for (int t = 0; t < w.num_species; ++t) {
-        const int lo = std::max(a + 1, w.run[t]);
-        int hi = w.run[t + 1];
-        if (lo >= hi) continue;
-        // The last run may read on into the zero padding: a multiple of 4 partners, so that the
-        // vector loops need no scalar remainder (padding partners contribute exactly zero).
-        if (hi == w.n) hi = lo + ((hi - lo + 3) & ~3);
-        const int pair = species_a >= t ? species_a * (species_a + 1) / 2 + t
-                                        : t * (t + 1) / 2 + species_a;
-        const int base = pair * p.n_angular;
-        for (int g = 0; g < p.n_groups; ++g) {
-            const std::size_t go = static_cast<std::size_t>(g) * sn;
-            const double* __restrict H = w.H + go;
-            for (int f = p.group_begin[g]; f < p.group_end[g]; ++f) {
-                const std::size_t qo = static_cast<std::size_t>(p.function_power[f]) * sn;
-                const double* __restrict P = w.P + qo;
-                const std::size_t k = static_cast<std::size_t>(base + f);
-                if (!w.A) {
-                    double sum = 0.0;
-                    for (int b = lo; b < hi; ++b) sum += P[b] * H[b];
-                    w.G[k] += sum;
-                    continue;
-                }
-                double sums[5];
-                pair_terms(lo, hi, P, w.dP + qo, H, w.Da + go, w.Db + go, w.Qa + go, w.Qb + go,
-                           w.c_ra, w.c_rb, w.inv_r, w.ux, w.uy, w.uz, inv_ra, uxa, uya, uza,
-                           w.A + k * sn, w.B + k * sn, w.B + (NF + k) * sn,
-                           w.B + (2 * NF + k) * sn, sums);
-                w.G[k] += sums[0];
-                w.A[k * sn + a] += sums[1];
-                w.B[k * sn + a] += sums[2];
-                w.B[(NF + k) * sn + a] += sums[3];
-                w.B[(2 * NF + k) * sn + a] += sums[4];
-            }
-        }
-    }
-}
-
+// The angular block of one centre: rows in batches of up to cap gathered entries, so that the
+// pair factors are computed in long loops (rows hold only ~10–40 partners each).
 MLPOT_SIMD_CLONES
 void angular_block(const AngularPlan& p, const AngularArrays& w) {
-    const int n = w.n;
-    const std::size_t sn = w.stride;
-    const double rc2 = p.rc * p.rc;
-    for (int a = 0; a + 1 < n; ++a) {
-        const int b0 = a + 1;
-        const double ra = w.r[a], inv_ra = w.inv_r[a];
-        const double uxa = w.ux[a], uya = w.uy[a], uza = w.uz[a];
-        const double vxa = w.vx[a], vya = w.vy[a], vza = w.vz[a];
-
-        // Pair geometry for all partners b > a (w.x receives cos θ).
-        if (p.cosine) {
-            pair_geometry<true>(b0, n, w.ux, w.uy, w.uz, w.vx, w.vy, w.vz, w.inv_r, uxa, uya, uza,
-                                vxa, vya, vza, inv_ra, rc2, p.inv_rc, w.x, w.c_ra, w.c_rb, w.rjk,
-                                w.inv_rjk, w.fcjk, w.dfcjk);
-        } else {
-            pair_geometry<false>(b0, n, w.ux, w.uy, w.uz, w.vx, w.vy, w.vz, w.inv_r, uxa, uya, uza,
-                                 vxa, vya, vza, inv_ra, rc2, p.inv_rc, w.x, w.c_ra, w.c_rb, w.rjk,
-                                 w.inv_rjk, w.fcjk, w.dfcjk);
+    const bool full_rows = w.A != nullptr;
+    const std::size_t row_entries = w.n + 4 * static_cast<std::size_t>(w.num_species);
+    const int S1 = w.num_species + 1;
+    for (int a = 0; a < w.n;) {
+        const int first_row = a;
+        int m = 0;
+        while (a < w.n && (a == first_row || m + row_entries <= w.cap)) {
+            m = gather_partners(p, w, a, full_rows ? 0 : a + 1, m,
+                                w.row_run + (a - first_row) * S1);
+            ++a;
         }
-        // Distance factors H and their derivatives, per (η, kind) group.
-        for (int g = 0; g < p.n_groups; ++g) {
-            const std::size_t q = static_cast<std::size_t>(p.group_eta_index[g]) * sn;
-            const std::size_t go = static_cast<std::size_t>(g) * sn;
-            if (p.group_g4[g]) {
-                g4_factors(b0, n, p.group_eta[g], ra, w.h + q, w.dh + q, w.r, w.h[q + a],
-                           w.dh[q + a], w.rjk, w.inv_rjk, w.fcjk, w.dfcjk, w.H + go, w.Da + go,
-                           w.Db + go, w.Qa + go, w.Qb + go);
-            } else {
-                g5_factors(b0, n, w.h + q, w.dh + q, w.h[q + a], w.dh[q + a], w.H + go, w.Da + go,
-                           w.Db + go, w.Qa + go, w.Qb + go);
-            }
-        }
-        // Angular factors P = 2^{1−ζ} x^ζ and dP/dc = ζ λ 2^{1−ζ} x^{ζ−1}, x = max(1 + λc, 0)
-        // (w.x holds c = cos θ).
-        for (int q = 0; q < p.n_powers; ++q) {
-            double* P = w.P + static_cast<std::size_t>(q) * sn;
-            double* dP = w.dP + static_cast<std::size_t>(q) * sn;
-            const double lambda = p.power_lambda[q];
-            const double scale = p.power_scale[q], dscale = p.power_dscale[q];
-            const int m = p.power_exponent[q];
-            switch (m < 0 ? 0 : p.ladder_bits) {
-                case 0: general_power(b0, n, lambda, p.power_zeta[q], scale, dscale, w.x, P, dP);
-                    break;
-                case 1: integer_power<1>(b0, n, lambda, m, scale, dscale, w.x, P, dP); break;
-                case 2: integer_power<2>(b0, n, lambda, m, scale, dscale, w.x, P, dP); break;
-                case 3: integer_power<3>(b0, n, lambda, m, scale, dscale, w.x, P, dP); break;
-                case 4: integer_power<4>(b0, n, lambda, m, scale, dscale, w.x, P, dP); break;
-                case 5: integer_power<5>(b0, n, lambda, m, scale, dscale, w.x, P, dP); break;
-                default: integer_power<6>(b0, n, lambda, m, scale, dscale, w.x, P, dP); break;
-            }
-        }
-
+        if (m == 0) continue;
+        batch_factors(p, w, m);
         if (w.W) {
-            chain_rule_row(p, w, a);
-        } else {
-            accumulate_row(p, w, a);
+            std::fill(w.b_along, w.b_along + m, 0.0);
+            std::fill(w.b_gx, w.b_gx + m, 0.0);
+            std::fill(w.b_gy, w.b_gy + m, 0.0);
+            std::fill(w.b_gz, w.b_gz + m, 0.0);
+        }
+        for (int row = first_row; row < a; ++row) {
+            const int* run = w.row_run + (row - first_row) * S1;
+            if (full_rows) {
+                derivative_row(p, w, row, run);
+            } else if (w.W) {
+                chain_rule_row(p, w, row, run);
+            } else {
+                descriptor_row(p, w, row, run);
+            }
+        }
+        if (w.W) {
+            for (int j = 0; j < m; ++j) {
+                const int b = w.partner[j];  // padding adds zeros to the spare slot n
+                w.along[b] += w.b_along[j];
+                w.gx[b] += w.b_gx[j];
+                w.gy[b] += w.b_gy[j];
+                w.gz[b] += w.b_gz[j];
+            }
         }
     }
 }
@@ -632,16 +723,16 @@ struct SymmetryFunctions::Workspace {
     std::vector<double> radial_A;  // [slot, S × n_radial]
     // Slots inside the angular cutoff ("angular slots"), sorted by neighbour species.
     int n_angular = 0;
-    std::size_t angular_stride = 0;  // row length of the angular arrays (≥ n_angular + 3)
     std::vector<int> angular_of_slot;  // slot → angular slot, or −1
     std::vector<int> run;              // [S + 1] species runs of the angular slots
     std::vector<double> ar, ainv, aux, auy, auz, avx, avy, avz;
     std::vector<int> aspecies;
     std::vector<double> h, dh, fc_tmp, dfc_tmp;
-    std::vector<double> c_ra, c_rb, rjk, inv_rjk, fcjk, dfcjk, H, Da, Db, Qa, Qb, P, dP, x;
+    std::vector<int> partner, row_run;  // the gathered partners of a batch of rows
+    std::vector<double> pair_scratch;   // per-entry arrays of the batch
     std::vector<double> angular_G;  // [n_pairs × n_angular] (internal order)
-    std::vector<double> angular_A;  // [n_pairs × n_angular][angular slot]
-    std::vector<double> angular_B;  // [3][n_pairs × n_angular][angular slot]
+    std::vector<double> angular_A;  // [angular slot][n_pairs × n_angular]
+    std::vector<double> angular_B;  // [angular slot][n_pairs × n_angular][3]
     std::vector<double> descriptor, weight;  // gradient() only
     std::vector<double> along, gx, gy, gz, WP, WdP;  // chain-rule mode
 };
@@ -737,6 +828,7 @@ SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
         }
         function_power_.push_back(index);
     }
+    all_g4_ = std::all_of(group_g4_.begin(), group_g4_.end(), [](int g4) { return g4 != 0; });
     for (const int exponent : power_exponent_) {
         for (int m = exponent, k = 0; m > 0; m >>= 1, ++k) {
             ladder_bits_ = std::max(ladder_bits_, k + 1);
@@ -809,8 +901,6 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
 
     // Angular slots, sorted by neighbour species (counting sort, stable).
     const auto na = static_cast<std::size_t>(n_ang);
-    // Per-partner arrays have a zero-filled tail (see accumulate_row).
-    const std::size_t ns = ((na + 3) & ~static_cast<std::size_t>(3)) + 4;
     int* run = sized(w.run, num_species_ + 1);
     std::fill(run, run + num_species_ + 1, 0);
     for (int s = 0; s < n_slots; ++s) {
@@ -818,15 +908,15 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     }
     for (int t = 0; t < num_species_; ++t) run[t + 1] += run[t];
     int* angular_of_slot = sized(w.angular_of_slot, std::max(n_slots, 1));
-    double* ar = zeroed(w.ar, ns);
-    double* ainv = zeroed(w.ainv, ns);
-    double* aux = zeroed(w.aux, ns);
-    double* auy = zeroed(w.auy, ns);
-    double* auz = zeroed(w.auz, ns);
-    double* avx = zeroed(w.avx, ns);
-    double* avy = zeroed(w.avy, ns);
-    double* avz = zeroed(w.avz, ns);
-    int* aspecies = sized(w.aspecies, ns);
+    double* ar = zeroed(w.ar, na + 1);  // slot na stays zero: the padding partner
+    double* ainv = zeroed(w.ainv, na + 1);
+    double* aux = zeroed(w.aux, na + 1);
+    double* auy = zeroed(w.auy, na + 1);
+    double* auz = zeroed(w.auz, na + 1);
+    double* avx = sized(w.avx, na);
+    double* avy = sized(w.avy, na);
+    double* avz = sized(w.avz, na);
+    int* aspecies = sized(w.aspecies, na);
     for (int s = 0; s < n_slots; ++s) angular_of_slot[s] = -1;
     std::vector<int> next(run, run + num_species_);
     for (int s = 0; s < n_slots; ++s) {
@@ -846,7 +936,6 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     }
     AngularArrays arrays{};
     arrays.n = n_ang;
-    arrays.stride = ns;
     arrays.r = ar;
     arrays.inv_r = ainv;
     arrays.ux = aux;
@@ -861,45 +950,84 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     const int n_eta = static_cast<int>(distinct_eta_.size());
     const int n_groups = static_cast<int>(group_eta_.size());
     const int n_pow = static_cast<int>(power_zeta_.size());
-    double* h = zeroed(w.h, ns * n_eta);
-    double* dh = zeroed(w.dh, ns * n_eta);
+    arrays.n_eta = n_eta;
+    arrays.h_stride = na + 1;
+    double* h = zeroed(w.h, arrays.h_stride * n_eta);
+    double* dh = zeroed(w.dh, arrays.h_stride * n_eta);
     if (n_ang > 0) {
-        edge_factors(n_ang, ns, ar, n_eta, distinct_eta_.data(), cosine, 1.0 / rca, h, dh,
-                     sized(w.fc_tmp, na), sized(w.dfc_tmp, na));
+        edge_factors(n_ang, arrays.h_stride, ar, n_eta, distinct_eta_.data(), cosine, 1.0 / rca,
+                     h, dh, sized(w.fc_tmp, na), sized(w.dfc_tmp, na));
     }
     arrays.h = h;
     arrays.dh = dh;
-    arrays.c_ra = zeroed(w.c_ra, ns);
-    arrays.c_rb = zeroed(w.c_rb, ns);
-    arrays.rjk = zeroed(w.rjk, ns);
-    arrays.inv_rjk = zeroed(w.inv_rjk, ns);
-    arrays.fcjk = zeroed(w.fcjk, ns);
-    arrays.dfcjk = zeroed(w.dfcjk, ns);
-    arrays.H = zeroed(w.H, ns * n_groups);
-    arrays.Da = zeroed(w.Da, ns * n_groups);
-    arrays.Db = zeroed(w.Db, ns * n_groups);
-    arrays.Qa = zeroed(w.Qa, ns * n_groups);
-    arrays.Qb = zeroed(w.Qb, ns * n_groups);
-    arrays.P = zeroed(w.P, ns * n_pow);
-    arrays.dP = zeroed(w.dP, ns * n_pow);
-    arrays.x = zeroed(w.x, ns);
+    // Batch scratch: the gathered partners of a batch of rows and everything per pair (see
+    // angular_block); ~1000 entries keep it within a core's L2 cache for the usual sets. The
+    // array length is not a multiple of 512 bytes, so that the arrays that one loop reads at
+    // the same index fall into different L1 cache sets.
+    const std::size_t row_entries = na + 4 * static_cast<std::size_t>(num_species_) + 4;
+    const std::size_t cap = std::max<std::size_t>(1000, row_entries) | 8;
+    arrays.cap = cap;
+    arrays.partner = sized(w.partner, cap);
+    arrays.row_run = sized(w.row_run, std::max<std::size_t>(na, 1) * (num_species_ + 1));
+    double* pair_scratch = sized(w.pair_scratch, cap * (25 + 4 * n_eta + 5 * n_groups +
+                                                        2 * n_pow + ladder_bits_));
+    double** next_array = &pair_scratch;
+    auto take = [&](std::size_t count) {
+        double* begin = *next_array;
+        *next_array += count * cap;
+        return begin;
+    };
+    arrays.r_a = take(1);
+    arrays.inv_r_a = take(1);
+    arrays.ux_a = take(1);
+    arrays.uy_a = take(1);
+    arrays.uz_a = take(1);
+    arrays.r_b = take(1);
+    arrays.inv_r_b = take(1);
+    arrays.ux_b = take(1);
+    arrays.uy_b = take(1);
+    arrays.uz_b = take(1);
+    arrays.rjk2 = take(1);
+    arrays.cos_theta = take(1);
+    arrays.c_ra = take(1);
+    arrays.c_rb = take(1);
+    arrays.rjk = take(1);
+    arrays.inv_rjk = take(1);
+    arrays.fcjk = take(1);
+    arrays.dfcjk = take(1);
+    arrays.x = take(1);
+    arrays.b_along = take(1);
+    arrays.b_gx = take(1);
+    arrays.b_gy = take(1);
+    arrays.b_gz = take(1);
+    arrays.WP = take(1);
+    arrays.WdP = take(1);
+    arrays.h_a = take(n_eta);
+    arrays.dh_a = take(n_eta);
+    arrays.h_b = take(n_eta);
+    arrays.dh_b = take(n_eta);
+    arrays.H = take(n_groups);
+    arrays.Da = take(n_groups);
+    arrays.Db = take(n_groups);
+    arrays.Qa = take(n_groups);
+    arrays.Qb = take(n_groups);
+    arrays.P = take(n_pow);
+    arrays.dP = take(n_pow);
+    arrays.squares = take(ladder_bits_);
     arrays.G = sized(w.angular_G, n_ang_features);
     std::fill(arrays.G, arrays.G + n_ang_features, 0.0);
     arrays.A = arrays.B = nullptr;
     arrays.W = angular_weights;
     if (angular_weights) {  // chain-rule mode: no per-function derivative arrays
-        arrays.along = zeroed(w.along, ns);
-        arrays.gx = zeroed(w.gx, ns);
-        arrays.gy = zeroed(w.gy, ns);
-        arrays.gz = zeroed(w.gz, ns);
-        arrays.WP = sized(w.WP, ns);
-        arrays.WdP = sized(w.WdP, ns);
+        arrays.along = zeroed(w.along, na + 1);
+        arrays.gx = zeroed(w.gx, na + 1);
+        arrays.gy = zeroed(w.gy, na + 1);
+        arrays.gz = zeroed(w.gz, na + 1);
     } else if (derivatives) {
-        arrays.A = zeroed(w.angular_A, ns * n_ang_features);
-        arrays.B = zeroed(w.angular_B, ns * 3 * n_ang_features);
+        arrays.A = zeroed(w.angular_A, na * n_ang_features);
+        arrays.B = zeroed(w.angular_B, na * 3 * n_ang_features);
     }
     w.n_angular = n_ang;
-    w.angular_stride = ns;
 
     if (n_ang > 1) {
         const AngularPlan plan{n_groups,
@@ -919,6 +1047,7 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
                                function_power_.data(),
                                ladder_bits_,
                                cosine,
+                               all_g4_,
                                rca,
                                1.0 / rca};
         angular_block(plan, arrays);
@@ -1003,7 +1132,6 @@ void SymmetryFunctions::compute(const EdgeList& edges, const std::int64_t* centr
         compute_centre(edges, ids, n, w, descriptors + c * F, derivatives != nullptr);
         if (!derivatives) continue;
         // dG[e, f, :] = A u + B for the centre's edges inside the cutoff, zero for the others.
-        const std::size_t na = w.angular_stride;
         int s = 0;
         for (std::int64_t t = 0; t < n; ++t) {
             const std::int64_t e = ids[t];
@@ -1028,18 +1156,17 @@ void SymmetryFunctions::compute(const EdgeList& edges, const std::int64_t* centr
                 std::fill(out_ang, out_ang + 3 * static_cast<std::size_t>(n_ang_features), 0.0);
                 continue;
             }
-            const double* AA = w.angular_A.data() + a;
-            const double* Bx = w.angular_B.data() + a;
-            const double* By = Bx + n_ang_features * na;
-            const double* Bz = By + n_ang_features * na;
+            const double* AA = w.angular_A.data() + static_cast<std::size_t>(a) * n_ang_features;
+            const double* BB =
+                w.angular_B.data() + 3 * static_cast<std::size_t>(a) * n_ang_features;
             for (int pair = 0; pair < num_pairs_; ++pair) {
                 const int base = pair * num_angular_;
                 for (int f = 0; f < num_angular_; ++f) {
-                    const std::size_t k = static_cast<std::size_t>(base + f) * na;
+                    const int k = base + f;
                     double* o = out_ang + 3 * (base + angular_order_[f]);
-                    o[0] = AA[k] * u0 + Bx[k];
-                    o[1] = AA[k] * u1 + By[k];
-                    o[2] = AA[k] * u2 + Bz[k];
+                    o[0] = AA[k] * u0 + BB[3 * k];
+                    o[1] = AA[k] * u1 + BB[3 * k + 1];
+                    o[2] = AA[k] * u2 + BB[3 * k + 2];
                 }
             }
         }

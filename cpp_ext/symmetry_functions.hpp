@@ -136,6 +136,7 @@ private:
     std::vector<int> power_exponent_;  // ζ − 1 when ζ is an integer ≤ 64, else −1
     std::vector<int> function_power_;  // internal function → power index
     int ladder_bits_ = 1;              // squares x, x², x⁴, … used for the integer ζ − 1
+    bool all_g4_ = false;              // every angular function has the f_c(r_jk) factor
 };
 
 }  // namespace mlpot

@@ -174,6 +174,37 @@ def test_derivatives_equal_finite_differences(cutoff_function, structure):
             assert np.abs(others).max() == 0.0  # G_i depends on i's own edges only
 
 
+@pytest.mark.parametrize("species", [["Si"], ["C", "Si"]])
+def test_g4_only_sets_skip_far_pairs_exactly(species):
+    """With only G4 functions the kernel drops neighbour pairs with r_jk ≥ rc (their f_c(r_jk)
+    is zero): values must still equal the direct implementation, and derivatives finite
+    differences, also for pairs right at the edge of the cutoff."""
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    if len(species) == 2:
+        atoms.symbols[::3] = "C"
+    atoms.rattle(0.05, seed=5)
+    angular = tuple(("G4", eta, zeta, lam) for eta in (0.001, 0.03) for zeta in (1.0, 4.0, 2.5)
+                    for lam in (1.0, -1.0))
+    sf = SymmetryFunctionSet(tuple(species), 4.6, ((0.5, 0.0),), angular)
+    z, edge_index, vectors = edges(atoms, 4.6, species)
+    G, dG = sf.compute(z, edge_index, vectors)
+    np.testing.assert_allclose(G, reference_descriptors(sf, z, edge_index, vectors), rtol=0,
+                               atol=1e-12)
+    step = 1e-5
+    for e in np.random.default_rng(2).choice(len(vectors), size=12, replace=False):
+        for k in range(3):
+            plus, minus = vectors.copy(), vectors.copy()
+            plus[e, k] += step
+            minus[e, k] -= step
+            difference = (sf.compute(z, edge_index, plus, derivatives=False)[0]
+                          - sf.compute(z, edge_index, minus, derivatives=False)[0]) / (2 * step)
+            np.testing.assert_allclose(dG[e, :, k], difference[edge_index[0, e]], rtol=0,
+                                       atol=2e-8)
+    weights = np.random.default_rng(3).normal(size=G.shape)
+    expected = np.einsum("efk,ef->ek", dG, weights[edge_index[0]])
+    np.testing.assert_allclose(sf.gradient(z, edge_index, vectors, weights), expected, atol=1e-12)
+
+
 def test_chain_rule_contract_and_gradient():
     atoms = silicon_carbide()
     sf = SymmetryFunctionSet.ani_like(["C", "Si"], cutoff=4.5, angular_cutoff=3.8)
