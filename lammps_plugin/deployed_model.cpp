@@ -29,6 +29,8 @@
 #include "symmetry_functions.hpp"    // the C++ kernel shared with mlpot._kernel
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <numeric>
@@ -352,13 +354,17 @@ class TorchScriptEdgeModel final : public TorchScriptModel {
     out.edge_gradient = edge_gradient_.data_ptr<double>();
     if (info_.members > 0) {    // a committee file: forward() also returns the members' outputs
       member_energies_ = take("member_energies");
+      member_atom_energies_ = take("member_atom_energies");
       member_gradients_ = take("member_edge_gradients");
       if (member_energies_.numel() != info_.members ||
+          member_atom_energies_.numel() != info_.members * in.n_local ||
           member_gradients_.numel() != 3 * info_.members * in.n_edges)
         throw ModelError(path_str(info_.path) + ": forward() returned member outputs of "
                          "unexpected shapes for a committee of " + std::to_string(info_.members) +
-                         " members and " + std::to_string(in.n_edges) + " edges");
+                         " members, " + std::to_string(in.n_local) + " local atoms and " +
+                         std::to_string(in.n_edges) + " edges");
       out.member_energies = member_energies_.data_ptr<double>();
+      out.member_atom_energies = member_atom_energies_.data_ptr<double>();
       out.member_edge_gradients = member_gradients_.data_ptr<double>();
     }
     return out;
@@ -366,7 +372,7 @@ class TorchScriptEdgeModel final : public TorchScriptModel {
 
  private:
   torch::Tensor energy_, atom_energies_, edge_gradient_;    // keep the outputs alive
-  torch::Tensor member_energies_, member_gradients_;
+  torch::Tensor member_energies_, member_atom_energies_, member_gradients_;
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -474,8 +480,10 @@ class DescriptorModel final : public TorchScriptModel {
       out.edge_gradient = gradient_.data();
       if (info_.members > 0) {
         member_energies_ = torch::zeros({info_.members}, torch::kFloat64);
+        member_atom_energies_ = torch::zeros({info_.members, 0}, torch::kFloat64);
         member_gradients_.assign(3 * info_.members * in.n_edges, 0.0);
         out.member_energies = member_energies_.data_ptr<double>();
+        out.member_atom_energies = member_atom_energies_.data_ptr<double>();
         out.member_edge_gradients = member_gradients_.data();
       }
       return out;
@@ -535,6 +543,7 @@ class DescriptorModel final : public TorchScriptModel {
           for (int64_t a = 0; a < size; a++) gradient_[a] += g[a] / M;
         }
         out.member_energies = member_energies_.data_ptr<double>();
+        out.member_atom_energies = member_atom_energies_.data_ptr<double>();
         out.member_edge_gradients = member_gradients_.data();
       } else {
         sf_->gradient(edges, centres_.data(), n, dE_dG.data_ptr<double>(), gradient_.data());
@@ -576,9 +585,9 @@ class DescriptorModel final : public TorchScriptModel {
                                   ? dE_dG.detach().to(torch::kCPU, torch::kFloat64).contiguous()
                                   : torch::zeros({n, G.size(1)}, torch::kFloat64));
     }
-    const torch::Tensor member_atoms = members.detach().to(torch::kCPU, torch::kFloat64);
+    member_atom_energies_ = members.detach().to(torch::kCPU, torch::kFloat64).contiguous();
     member_energies_ = energies.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-    atom_energies_ = member_atoms.mean(0).contiguous();
+    atom_energies_ = member_atom_energies_.mean(0).contiguous();
     energy_ = atom_energies_.sum();
   }
 
@@ -586,6 +595,7 @@ class DescriptorModel final : public TorchScriptModel {
   std::vector<torch::Tensor> member_dE_dG_;    // committees: [M] of [n_local][F]
   std::vector<double> member_gradients_;       // committees: [M][n_edges][3]
   torch::Tensor member_energies_;              // committees: [M]
+  torch::Tensor member_atom_energies_;         // committees: [M][n_local]
   std::vector<int64_t> centres_;       // 0 .. n_local-1
   std::vector<double> descriptors_;    // [n_local][F]
   std::vector<double> gradient_;       // [n_edges][3]
@@ -607,6 +617,7 @@ class FileCommittee final : public DeployedModel {
   {
     const int64_t M = static_cast<int64_t>(models_.size()), size = 3 * in.n_edges;
     member_energies_.assign(M, 0.0);
+    member_atom_energies_.assign(M * in.n_local, 0.0);
     member_gradients_.assign(M * size, 0.0);
     atom_energies_.assign(in.n_local, 0.0);
     gradient_.assign(size, 0.0);
@@ -615,6 +626,8 @@ class FileCommittee final : public DeployedModel {
       const ModelOutput member = models_[k]->compute(in);
       member_energies_[k] = member.energy;
       out.energy += member.energy / M;
+      std::copy(member.atom_energies, member.atom_energies + in.n_local,
+                member_atom_energies_.begin() + k * in.n_local);
       for (int64_t a = 0; a < in.n_local; a++) atom_energies_[a] += member.atom_energies[a] / M;
       std::copy(member.edge_gradient, member.edge_gradient + size,
                 member_gradients_.begin() + k * size);
@@ -623,6 +636,7 @@ class FileCommittee final : public DeployedModel {
     out.atom_energies = atom_energies_.data();
     out.edge_gradient = gradient_.data();
     out.member_energies = member_energies_.data();
+    out.member_atom_energies = member_atom_energies_.data();
     out.member_edge_gradients = member_gradients_.data();
     return out;
   }
@@ -642,7 +656,8 @@ class FileCommittee final : public DeployedModel {
 
  private:
   std::vector<std::unique_ptr<DeployedModel>> models_;
-  std::vector<double> member_energies_, member_gradients_, atom_energies_, gradient_;
+  std::vector<double> member_energies_, member_atom_energies_, member_gradients_, atom_energies_,
+      gradient_;
 };
 
 }    // namespace
@@ -675,6 +690,45 @@ std::unique_ptr<DeployedModel> load_committee(const std::vector<std::string> &pa
     if (&model != &models.front()) info.path += " " + model->info().path;
   }
   return std::unique_ptr<DeployedModel>(new FileCommittee(std::move(info), std::move(models)));
+}
+
+double committee_calibration(const std::string &value, const std::vector<std::string> &paths)
+{
+  const char *text = value.c_str();
+  char *end = nullptr;
+  const double number = std::strtod(text, &end);
+  if (end != text && *end == '\0') {
+    if (!(number > 0.0) || !std::isfinite(number))
+      throw ModelError("calibration must be a positive scale or a calibrated committee file, got " +
+                       value);
+    return number;
+  }
+  const ModelInfo info = read_model_info(value);
+  if (info.members == 0 || !(info.calibration_scale > 0.0))
+    throw ModelError(path_str(value) + " has no calibration scale; make one with `mlpot calibrate " +
+                     "FILE ... --data ... --output " + value + "`");
+  // the scale is only valid for the members it was fitted on: compare the file names it records
+  auto base = [](const std::string &path) { return path.substr(path.find_last_of('/') + 1); };
+  std::vector<std::string> given, recorded;
+  for (const auto &path : paths) given.push_back(base(path));
+  const json metadata = json::parse(info.record).value("metadata", json::object());
+  if (metadata.contains("committee_of_files") && metadata["committee_of_files"].is_array())
+    for (const auto &name : metadata["committee_of_files"])
+      if (name.is_string()) recorded.push_back(base(name.get<std::string>()));
+  if (recorded.empty())
+    throw ModelError(path_str(value) + " records no member files (metadata committee_of_files): "
+                     "its scale belongs to its own members; run that file itself, or give the "
+                     "scale as a number");
+  std::sort(given.begin(), given.end());
+  std::sort(recorded.begin(), recorded.end());
+  if (given != recorded) {
+    std::string names;
+    for (const auto &name : recorded) names += (names.empty() ? "" : " ") + name;
+    throw ModelError(path_str(value) + " was calibrated for the files [" + names + "], not for " +
+                     "the files given; calibrate these files together with `mlpot calibrate`, " +
+                     "or give the scale as a number");
+  }
+  return info.calibration_scale;
 }
 
 ModelInfo read_model_info(const std::string &path)

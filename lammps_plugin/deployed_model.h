@@ -77,6 +77,7 @@ struct ModelOutput {
   const double *edge_gradient = nullptr;   // [n_edges][3]: dE/d(edge_vectors[e])
   // Committees only (info().members = M > 0): the members' outputs; the ones above are their mean.
   const double *member_energies = nullptr;         // [M]
+  const double *member_atom_energies = nullptr;    // [M][n_local]
   const double *member_edge_gradients = nullptr;   // [M][n_edges][3]
 };
 
@@ -113,6 +114,11 @@ std::unique_ptr<DeployedModel> load_model(const std::string &path,
 // k's outputs are file k's; the mean is theirs. One path: load_model(path).
 std::unique_ptr<DeployedModel> load_committee(const std::vector<std::string> &paths,
                                               const LoadOptions &options = LoadOptions());
+
+// The conformal scale for several files run as one committee (they have none of their own):
+// `value` is a positive number, or a committee file that `mlpot calibrate` merged from files of
+// these names (metadata "committee_of_files") and whose committee.calibration.scale it returns.
+double committee_calibration(const std::string &value, const std::vector<std::string> &paths);
 
 }    // namespace mlpot
 

@@ -15,6 +15,7 @@
 
 #include "atom.h"
 #include "comm.h"
+#include "domain.h"
 #include "error.h"
 #include "force.h"
 #include "memory.h"
@@ -31,10 +32,15 @@
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <numeric>
 
 using namespace LAMMPS_NS;
 
 namespace {
+constexpr const char *SYNTAX = "syntax: pair_style mlpot [device cpu|cuda] [threads N] "
+    "[prune yes|no] [deviation_file FILE] [deviation_every N] [calibrated yes|no] "
+    "[calibration S|FILE] [deviation_warn X] [deviation_harvest FILE] [deviation_stop Y]";
+
 using Clock = std::chrono::steady_clock;
 double seconds(Clock::time_point a, Clock::time_point b)
 {
@@ -48,9 +54,11 @@ PairMLPot::PairMLPot(LAMMPS *lmp) :
     Pair(lmp), threads_requested(0), prune(true), message_hops(1), cutoff(0.0),
     interaction_range(0.0), energy_factor(1.0), n_edges(0), members(0), deviation_scale(1.0),
     use_calibration(true), deviation_every(1), deviation_warn(0.0), deviation_stop(0.0),
-    deviation_fp(nullptr), last_written_step(-1), warn_frames(0), first_warn_step(-1),
-    last_warn_step(-1), nmax_deviation(0), member_f(nullptr), forces_std(nullptr),
-    deviation{0.0, 0.0, 0.0, 0.0}, deviation_atoms(0.0), time_model(0.0), time_other(0.0), ncalls(0)
+    outputs_open(false), deviation_fp(nullptr), harvest_fp(nullptr), last_written_step(-1),
+    warn_frames(0), first_warn_step(-1), last_warn_step(-1), harvested_frames(0),
+    nmax_deviation(0), member_f(nullptr), forces_std(nullptr), energies_std(nullptr),
+    deviation{0.0, 0.0, 0.0, 0.0}, mean_energy(0.0), deviation_atoms(0.0), time_model(0.0),
+    time_other(0.0), ncalls(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -68,9 +76,11 @@ PairMLPot::~PairMLPot()
 {
   if (copymode) return;
   if (deviation_fp) fclose(deviation_fp);
+  if (harvest_fp) fclose(harvest_fp);
   delete[] pvector;
   memory->destroy(member_f);
   memory->destroy(forces_std);
+  memory->destroy(energies_std);
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
@@ -90,7 +100,7 @@ void PairMLPot::allocate()
 }
 
 /* ----------------------------------------------------------------------------------------------
-   pair_style mlpot [device cpu|cuda|cuda:N] [threads N] [prune yes|no]
+   pair_style mlpot [device cpu|cuda|cuda:N] [threads N] [prune yes|no] [committee keywords]
 ------------------------------------------------------------------------------------------------ */
 
 void PairMLPot::settings(int narg, char **arg)
@@ -99,17 +109,19 @@ void PairMLPot::settings(int narg, char **arg)
   threads_requested = 0;
   prune = true;
   use_calibration = true;
+  calibration_value.clear();
   deviation_every = 1;
   deviation_warn = deviation_stop = 0.0;
   deviation_path.clear();
+  harvest_path.clear();
   if (deviation_fp) fclose(deviation_fp);
-  deviation_fp = nullptr;
+  if (harvest_fp) fclose(harvest_fp);
+  deviation_fp = harvest_fp = nullptr;
+  outputs_open = false;
   for (int iarg = 0; iarg < narg; iarg += 2) {
     const std::string key = arg[iarg];
     if (iarg + 1 >= narg)
-      error->all(FLERR, "pair_style mlpot: keyword {} needs a value; syntax: pair_style mlpot "
-                 "[device cpu|cuda] [threads N] [prune yes|no] [deviation_file FILE] [deviation_every N] "
-                 "[calibrated yes|no] [deviation_warn X] [deviation_stop Y]", key);
+      error->all(FLERR, "pair_style mlpot: keyword {} needs a value; {}", key, SYNTAX);
     const char *value = arg[iarg + 1];
     if (key == "device") {
       device = arg[iarg + 1];
@@ -133,6 +145,10 @@ void PairMLPot::settings(int narg, char **arg)
                    deviation_every);
     } else if (key == "calibrated") {
       use_calibration = utils::logical(FLERR, value, false, lmp) == 1;
+    } else if (key == "calibration") {
+      calibration_value = value;
+    } else if (key == "deviation_harvest") {
+      harvest_path = value;
     } else if (key == "deviation_warn" || key == "deviation_stop") {
       const double threshold = utils::numeric(FLERR, value, false, lmp);
       if (!(threshold > 0.0))
@@ -140,12 +156,12 @@ void PairMLPot::settings(int narg, char **arg)
                    value);
       (key == "deviation_warn" ? deviation_warn : deviation_stop) = threshold;
     } else {
-      error->all(FLERR, "pair_style mlpot: unknown keyword {}; syntax: pair_style mlpot "
-                 "[device cpu|cuda] [threads N] [prune yes|no] [deviation_file FILE] "
-                 "[deviation_every N] [calibrated yes|no] [deviation_warn X] [deviation_stop Y]",
-                 key);
+      error->all(FLERR, "pair_style mlpot: unknown keyword {}; {}", key, SYNTAX);
     }
   }
+  if (!harvest_path.empty() && deviation_warn <= 0.0)
+    error->all(FLERR, "pair_style mlpot: deviation_harvest needs deviation_warn X, the max force "
+               "deviation above which frames are harvested");
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -290,33 +306,65 @@ void PairMLPot::init_style()
   time_model = time_other = 0.0;
   ncalls = 0;
 
-  // committee deviation: scale, output file (rank 0), per-run warning counters
-  const bool wanted = !deviation_path.empty() || deviation_warn > 0.0 || deviation_stop > 0.0;
+  // committee deviation: scale, output files (rank 0), per-run warning counters
+  const bool wanted = !deviation_path.empty() || deviation_warn > 0.0 || deviation_stop > 0.0 ||
+      !calibration_value.empty();
   if (wanted && members == 0)
-    error->all(FLERR, "pair_style mlpot: deviation_file/deviation_warn/deviation_stop need a "
-               "committee model file, but {} is a single model (see docs/committee.md)",
-               model_path);
-  const double scale = model->info().calibration_scale;
-  const bool calibrated = use_calibration && scale > 0.0;
-  deviation_scale = calibrated ? scale : 1.0;
-  const std::string how = calibrated ? fmt::format("calibrated (x {})", deviation_scale)
-                                     : std::string("raw (no calibration scale)");
+    error->all(FLERR, "pair_style mlpot: deviation_file/deviation_warn/deviation_harvest/"
+               "deviation_stop/calibration need a committee model file, but {} is a single "
+               "model (see docs/committee.md)", model_path);
+  const double scale = calibration_scale();
+  deviation_scale = scale > 0.0 ? scale : 1.0;
+  const std::string how = scale > 0.0 ? fmt::format("calibrated (x {})", deviation_scale)
+                                      : std::string("raw (no calibration scale)");
   if (members > 0 && comm->me == 0)
     utils::logmesg(lmp, "pair_style mlpot: committee of {} members, force deviations {}\n",
                    members, how);
-  if (!deviation_path.empty() && !deviation_fp && comm->me == 0) {
-    deviation_fp = fopen(deviation_path.c_str(), "w");
-    if (!deviation_fp)
-      error->one(FLERR, "pair_style mlpot: cannot open deviation_file {}: {}", deviation_path,
-                 utils::getsyserror());
-    fmt::print(deviation_fp, "# mlpot committee of {} members ({}): force deviations {} in force "
-               "units, devi_e = std of the total energy / atoms (energy units per atom)\n"
-               "#{:>11} {:>24} {:>24} {:>24} {:>24}\n", members, model_path, how, "step",
-               "max_devi_f", "min_devi_f", "avg_devi_f", "devi_e");
-    fflush(deviation_fp);
+  if (!outputs_open) {
+    if (!deviation_path.empty()) deviation_fp = open_output(deviation_path, "deviation_file");
+    if (!harvest_path.empty()) harvest_fp = open_output(harvest_path, "deviation_harvest");
+    outputs_open = true;
+    if (deviation_fp) {
+      fmt::print(deviation_fp, "# mlpot committee of {} members ({}): force deviations {} in "
+                 "force units, devi_e = std of the total energy / atoms (energy units per atom)\n"
+                 "#{:>11} {:>24} {:>24} {:>24} {:>24}\n", members, model_path, how, "step",
+                 "max_devi_f", "min_devi_f", "avg_devi_f", "devi_e");
+      fflush(deviation_fp);
+    }
   }
-  warn_frames = 0;
+  warn_frames = harvested_frames = 0;
   first_warn_step = last_warn_step = -1;
+}
+
+// The conformal scale of the force deviations, 0 for raw ones: a committee file's own, or
+// `calibration S|FILE` for several files (which have none); `calibrated no` gives raw ones.
+double PairMLPot::calibration_scale()
+{
+  const bool several = model_files.size() > 1;
+  if (!calibration_value.empty() && !several)
+    error->all(FLERR, "pair_style mlpot: calibration is for several model files run as one "
+               "committee; {} carries its own calibration (calibrated yes|no)", model_path);
+  if (!use_calibration) return 0.0;
+  if (!several) return model->info().calibration_scale;
+  if (calibration_value.empty()) return 0.0;
+  try {
+    return mlpot::committee_calibration(calibration_value, model_files);
+  } catch (const std::exception &e) {
+    error->all(FLERR, std::string("pair_style mlpot: calibration: ") + e.what());
+  }
+  return 0.0;
+}
+
+// Rank 0 opens (truncates) an output file; one that cannot be written stops every rank.
+FILE *PairMLPot::open_output(const std::string &path, const char *keyword)
+{
+  FILE *fp = comm->me == 0 ? fopen(path.c_str(), "w") : nullptr;
+  const std::string why = comm->me == 0 && !fp ? utils::getsyserror() : "";
+  int opened = fp ? 1 : 0;
+  MPI_Bcast(&opened, 1, MPI_INT, 0, world);
+  if (!opened)
+    error->all(FLERR, "pair_style mlpot: cannot open {} {}: {}", keyword, path, why);
+  return fp;
 }
 
 double PairMLPot::init_one(int i, int j)
@@ -340,14 +388,16 @@ void PairMLPot::compute(int eflag, int vflag)
       nmax_deviation = atom->nmax;
       memory->destroy(member_f);
       memory->destroy(forces_std);
+      memory->destroy(energies_std);
       memory->create(member_f, nmax_deviation, 3 * members, "pair:member_f");
       memory->create(forces_std, nmax_deviation, "pair:forces_std");
+      memory->create(energies_std, nmax_deviation, "pair:energies_std");
     }
     const int nall = atom->nlocal + atom->nghost;
     if (nall > 0) std::fill(&member_f[0][0], &member_f[0][0] + 3 * members * nall, 0.0);
   }
   if (n_local_nodes == 0) {    // nothing local to this rank's energy: no forces either
-    if (members > 0) committee_deviation(nullptr);    // collective: every rank takes part
+    if (members > 0) committee_deviation(nullptr, nullptr, 0);    // collective: all ranks
     if (!update->setupflag) {
       time_other += seconds(t0, Clock::now());
       ncalls++;
@@ -373,11 +423,13 @@ void PairMLPot::compute(int eflag, int vflag)
   }
   const auto t2 = Clock::now();
 
-  if (members > 0 && !(out.member_energies && out.member_edge_gradients))
+  if (members > 0 &&
+      !(out.member_energies && out.member_atom_energies && out.member_edge_gradients))
     error->one(FLERR, "pair_style mlpot: the committee model returned no member outputs");
   accumulate(out.edge_gradient, out.atom_energies, out.energy, n_local_nodes,
              out.member_edge_gradients);
-  if (members > 0) committee_deviation(out.member_energies);
+  if (members > 0)
+    committee_deviation(out.member_energies, out.member_atom_energies, n_local_nodes);
   const auto t3 = Clock::now();
   if (!update->setupflag) {    // time the MD/minimisation loop only, like LAMMPS' own timers
     time_model += seconds(t1, t2);
@@ -569,11 +621,13 @@ void PairMLPot::accumulate(const double *gradient, const double *atom_energies, 
 /* ----------------------------------------------------------------------------------------------
    Committee deviation, after the member forces of ghosts are summed onto their owners:
    sigma_i = s sqrt((1/M) sum_k |F_ik - mean_k F_ik|^2) per local atom (s: calibration scale),
-   its max/min/mean over all atoms of the model's types, and the std of the members' total
-   energies (population, as DeePMD's model deviation and mlpot's ASE calculator).
+   its max/min/mean over all atoms of the model's types, the std of the members' total energies
+   and of each local atom's energy (population, as DeePMD's model deviation and mlpot's ASE
+   calculator).
 ------------------------------------------------------------------------------------------------ */
 
-void PairMLPot::committee_deviation(const double *member_energies)
+void PairMLPot::committee_deviation(const double *member_energies,
+                                    const double *member_atom_energies, int64_t n_local_nodes)
 {
   comm->reverse_comm(this);
   const int nlocal = atom->nlocal;
@@ -581,11 +635,10 @@ void PairMLPot::committee_deviation(const double *member_energies)
   const int M = members;
   double local_max = 0.0, local_min = DBL_MAX, sum_count[2] = {0.0, 0.0};
   for (int i = 0; i < nlocal; i++) {
-    forces_std[i] = 0.0;
+    forces_std[i] = energies_std[i] = 0.0;
     if (type_species[type[i]] < 0) continue;
-    double mean[3] = {0.0, 0.0, 0.0}, spread = 0.0;
-    for (int k = 0; k < M; k++)
-      for (int d = 0; d < 3; d++) mean[d] += member_f[i][3 * k + d] / M;
+    double mean[3], spread = 0.0;
+    member_mean(i, mean);
     for (int k = 0; k < M; k++)
       for (int d = 0; d < 3; d++) {
         const double delta = member_f[i][3 * k + d] - mean[d];
@@ -597,6 +650,15 @@ void PairMLPot::committee_deviation(const double *member_energies)
     local_min = std::min(local_min, sigma);
     sum_count[0] += sigma;
     sum_count[1] += 1.0;
+  }
+  for (int64_t node = 0; node < n_local_nodes; node++) {    // member_atom_energies: [M][nodes]
+    double mean = 0.0, var = 0.0;
+    for (int k = 0; k < M; k++) mean += member_atom_energies[k * n_local_nodes + node] / M;
+    for (int k = 0; k < M; k++) {
+      const double delta = member_atom_energies[k * n_local_nodes + node] - mean;
+      var += delta * delta / M;
+    }
+    energies_std[atom_of_node[node]] = energy_factor * std::sqrt(var);
   }
   double total[2];
   MPI_Allreduce(&local_max, &deviation[0], 1, MPI_DOUBLE, MPI_MAX, world);
@@ -614,32 +676,105 @@ void PairMLPot::committee_deviation(const double *member_energies)
   for (int k = 0; k < M; k++) mean_e += energies[k] / M;
   for (int k = 0; k < M; k++) var_e += (energies[k] - mean_e) * (energies[k] - mean_e) / M;
   deviation[3] = std::sqrt(var_e);
+  mean_energy = mean_e;
 
   // compute pair sums pvector over the ranks: the global values on rank 0 only
   for (int k = 0; k < 4; k++) pvector[k] = comm->me == 0 ? deviation[k] : 0.0;
-  write_deviation();
+  step_outputs();
 }
 
-// Once per time step (the first evaluation of a step): the file line, warn and stop thresholds.
-void PairMLPot::write_deviation()
+// The committee-mean force on local atom i, from the reverse-communicated member forces.
+void PairMLPot::member_mean(int i, double mean[3]) const
+{
+  mean[0] = mean[1] = mean[2] = 0.0;
+  for (int k = 0; k < members; k++)
+    for (int d = 0; d < 3; d++) mean[d] += member_f[i][3 * k + d] / members;
+}
+
+// Once per time step (its first evaluation): the deviation file line, the warning count, the
+// harvested frame and the stop threshold, in this order (a frame that stops the run is kept).
+void PairMLPot::step_outputs()
 {
   const bigint step = update->ntimestep;
   if (step == last_written_step) return;
   last_written_step = step;
-  if (deviation_fp && step % deviation_every == 0) {
+  const bool due = step % deviation_every == 0;
+  if (deviation_fp && due) {
     fmt::print(deviation_fp, "{:>12} {:>24.17g} {:>24.17g} {:>24.17g} {:>24.17g}\n", step,
                deviation[0], deviation[1], deviation[2],
                deviation_atoms > 0 ? deviation[3] / deviation_atoms : 0.0);
     fflush(deviation_fp);
   }
-  if (deviation_warn > 0.0 && deviation[0] > deviation_warn) {
+  const bool above = deviation_warn > 0.0 && deviation[0] > deviation_warn;
+  if (above) {
     if (warn_frames++ == 0) first_warn_step = step;
     last_warn_step = step;
   }
+  if (above && due && !harvest_path.empty()) harvest_frame();    // collective
   if (deviation_stop > 0.0 && deviation[0] > deviation_stop)
     error->all(FLERR, "pair_style mlpot: max force deviation {:.6g} above deviation_stop {:.6g} "
                "at step {}: the committee disagrees, the model is extrapolating", deviation[0],
                deviation_stop, step);
+}
+
+/* ----------------------------------------------------------------------------------------------
+   deviation_harvest: rank 0 appends the frame to an extended-XYZ file (ase.io.read reads it) in
+   the model's units, eV and Angstrom, whatever LAMMPS' units: the cell and pbc, and for every atom
+   of the model's types (gathered from all ranks, in atom-ID order) its species, position from the
+   box origin, committee-mean force, sigma_i and atom-energy std; the step, committee-mean energy,
+   energy std, max sigma and calibration scale in the comment line. The same text as
+   mlpot.calculator.DeviationHarvester writes in ASE. The mean is deliberately not called
+   "energy"/"forces": ase.io would read it as labels.
+------------------------------------------------------------------------------------------------ */
+
+void PairMLPot::harvest_frame()
+{
+  constexpr int W = 10;    // id, species, x y z, mean force (3), sigma_i, energy std
+  const double c = energy_factor;
+  std::vector<double> mine;
+  for (int i = 0; i < atom->nlocal; i++) {
+    const int s = type_species[atom->type[i]];
+    if (s < 0) continue;
+    double f[3];
+    member_mean(i, f);
+    const double row[W] = {static_cast<double>(atom->tag[i]), static_cast<double>(s),
+                           atom->x[i][0] - domain->boxlo[0], atom->x[i][1] - domain->boxlo[1],
+                           atom->x[i][2] - domain->boxlo[2], f[0] / c, f[1] / c, f[2] / c,
+                           forces_std[i] / c, energies_std[i] / c};
+    mine.insert(mine.end(), row, row + W);
+  }
+  const int count = static_cast<int>(mine.size());
+  std::vector<int> counts(comm->nprocs), offsets(comm->nprocs, 0);
+  MPI_Gather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, world);
+  std::partial_sum(counts.begin(), counts.end() - 1, offsets.begin() + 1);
+  std::vector<double> rows(comm->me == 0 ? offsets.back() + counts.back() : 0);
+  MPI_Gatherv(mine.data(), count, MPI_DOUBLE, rows.data(), counts.data(), offsets.data(),
+              MPI_DOUBLE, 0, world);
+  harvested_frames++;
+  if (comm->me != 0) return;
+
+  const std::size_t n = rows.size() / W;
+  std::vector<std::size_t> order(n);
+  std::iota(order.begin(), order.end(), std::size_t(0));
+  std::sort(order.begin(), order.end(),
+            [&](std::size_t a, std::size_t b) { return rows[W * a] < rows[W * b]; });
+  const char *periodic[2] = {"F", "T"};
+  fmt::print(harvest_fp, "{}\nLattice=\"{:.17g} 0 0 {:.17g} {:.17g} 0 {:.17g} {:.17g} {:.17g}\" "
+             "Properties=species:S:1:pos:R:3:committee_forces:R:3:forces_std:R:1:energies_std:R:1"
+             " step={} committee_energy={:.17g} energy_std={:.17g} max_force_deviation={:.17g} "
+             "uncertainty_scale={:.17g} pbc=\"{} {} {}\"\n", n, domain->xprd, domain->xy,
+             domain->yprd, domain->xz, domain->yz, domain->zprd, update->ntimestep,
+             mean_energy / c, deviation[3] / c, deviation[0] / c, deviation_scale,
+             periodic[domain->xperiodic], periodic[domain->yperiodic],
+             periodic[domain->zperiodic]);
+  const std::vector<std::string> &symbols = model->info().species;
+  for (const std::size_t a : order) {
+    const double *row = &rows[W * a];
+    fmt::print(harvest_fp, "{:<2}", symbols[static_cast<int>(row[1])]);
+    for (int k = 2; k < W; k++) fmt::print(harvest_fp, " {:24.17g}", row[k]);
+    fmt::print(harvest_fp, "\n");
+  }
+  fflush(harvest_fp);
 }
 
 int PairMLPot::pack_reverse_comm(int n, int first, double *buf)
@@ -657,11 +792,13 @@ void PairMLPot::unpack_reverse_comm(int n, int *list, double *buf)
     for (int c = 0; c < 3 * members; c++) member_f[list[ii]][c] += buf[m++];
 }
 
-// `fix ID group pair N mlpot forces_std 0`: sigma_i of the local atoms (committees only)
+// `fix ID group pair N mlpot forces_std 0 energies_std 0`: sigma_i and the std of the atom
+// energies of the local atoms (committees only)
 void *PairMLPot::extract_peratom(const char *name, int &ncol)
 {
   ncol = 0;
   if (members > 0 && strcmp(name, "forces_std") == 0) return forces_std;
+  if (members > 0 && strcmp(name, "energies_std") == 0) return energies_std;
   return nullptr;
 }
 
@@ -673,8 +810,11 @@ void PairMLPot::finish()
   if (warn_frames > 0 && comm->me == 0)
     error->warning(FLERR, "pair_style mlpot: max force deviation above deviation_warn {:.6g} on "
                    "{} evaluated step(s) of this run (steps {} .. {}): the committee disagrees "
-                   "there, the model may be extrapolating", deviation_warn, warn_frames,
-                   first_warn_step, last_warn_step);
+                   "there, the model may be extrapolating{}", deviation_warn, warn_frames,
+                   first_warn_step, last_warn_step,
+                   harvest_path.empty() ? std::string()
+                                        : fmt::format("; {} frame(s) harvested to {}",
+                                                      harvested_frames, harvest_path));
   double local[3] = {time_model, time_other, static_cast<double>(ncalls)}, total[3];
   MPI_Allreduce(local, total, 3, MPI_DOUBLE, MPI_SUM, world);
   double slowest = 0.0;
@@ -700,6 +840,6 @@ double PairMLPot::memory_usage()
   bytes += static_cast<double>(species.capacity() + edge_index.capacity() +
                                edge_begin.capacity() + edge_end.capacity()) * sizeof(int64_t);
   bytes += static_cast<double>(positions.capacity() + edge_vectors.capacity()) * sizeof(double);
-  bytes += static_cast<double>(nmax_deviation) * (3 * members + 1) * sizeof(double);
+  bytes += static_cast<double>(nmax_deviation) * (3 * members + 2) * sizeof(double);
   return bytes;
 }

@@ -3,14 +3,17 @@
 
    pair_style mlpot [device cpu|cuda|cuda:N] [threads N] [prune yes|no]
                     [deviation_file FILE] [deviation_every N] [calibrated yes|no]
-                    [deviation_warn X] [deviation_stop Y]
+                    [calibration S|FILE] [deviation_warn X] [deviation_harvest FILE]
+                    [deviation_stop Y]
    pair_coeff * * model.pt Sym1 Sym2 ...   (one model species or NULL per atom type)
    pair_coeff * * a.pt b.pt c.pt Sym1 ...  (several files: run as one committee)
 
    A committee file (docs/committee.md) runs as its mean; the members' forces (same edge sums,
-   reverse-communicated) give the per-atom force deviation sigma_i, readable with
-   `fix ID all pair N mlpot forces_std 0`, and the global max/min/avg of sigma and the std of the
-   energy (`compute ID all pair mlpot` vector, and the deviation file).
+   reverse-communicated) give the per-atom force deviation sigma_i and the members' atom energies
+   their std, readable with `fix ID all pair N mlpot forces_std 0 energies_std 0`, and the global
+   max/min/avg of sigma and the std of the energy (`compute ID all pair mlpot` vector, and the
+   deviation file). Frames with max sigma above deviation_warn can be harvested to an
+   extended-XYZ file for labelling.
 
    Local and ghost atoms within the model's interaction range become the nodes of a graph, every
    pair closer than the cutoff a directed edge (both directions); the model returns the local
@@ -82,16 +85,21 @@ class PairMLPot : public Pair {
   int members;                    // M
   double deviation_scale;         // calibration scale applied to sigma_i (1 when raw)
   bool use_calibration;           // pair_style ... calibrated yes|no
+  std::string calibration_value;  // calibration S|FILE for several files, "" for none
   std::string deviation_path;     // deviation_file, "" for none
+  std::string harvest_path;       // deviation_harvest, "" for none
   int deviation_every;
   double deviation_warn, deviation_stop;    // <= 0: off
-  FILE *deviation_fp;             // rank 0 only
+  bool outputs_open;              // the files above are open (rank 0); reset by pair_style
+  FILE *deviation_fp, *harvest_fp;    // rank 0 only
   bigint last_written_step;
-  bigint warn_frames, first_warn_step, last_warn_step;
+  bigint warn_frames, first_warn_step, last_warn_step, harvested_frames;
   int nmax_deviation;
   double **member_f;              // [nmax][3M]: member forces, summed like f
   double *forces_std;             // [nmax]: sigma_i of the local atoms
+  double *energies_std;           // [nmax]: std of the members' atom energies, local atoms
   double deviation[4];            // max, min, avg sigma; std of the total energy
+  double mean_energy;             // the committee-mean total energy (all ranks)
   double deviation_atoms;         // atoms of the model's types (all ranks): devi_e = std / this
 
   // wall-clock accounting, printed by finish(): model call vs. everything else in compute()
@@ -105,8 +113,13 @@ class PairMLPot : public Pair {
   int64_t build_graph(int64_t &n_local_nodes);
   void accumulate(const double *gradient, const double *atom_energies, double energy,
                   int64_t n_local_nodes, const double *member_gradients);
-  void committee_deviation(const double *member_energies);
-  void write_deviation();
+  double calibration_scale();
+  FILE *open_output(const std::string &path, const char *keyword);
+  void member_mean(int i, double mean[3]) const;
+  void committee_deviation(const double *member_energies, const double *member_atom_energies,
+                           int64_t n_local_nodes);
+  void step_outputs();
+  void harvest_frame();
 };
 
 }    // namespace LAMMPS_NS

@@ -6,11 +6,13 @@ plugin (see ``mlpot.edge_sums``), so the two front ends cannot disagree by const
 With a committee (a committee file, or several model files) energy, forces and stress are the
 committee mean, and ``calc.results`` adds the uncertainty (docs/committee.md): ``energy_std``,
 ``energies_std``, ``forces_std`` and ``max/min/avg_force_deviation``, the force deviations from
-per-member forces built with the same edge sums.
+per-member forces built with the same edge sums. ``DeviationHarvester`` is an ASE dynamics observer
+that appends the frames where the committee disagrees to an extended-XYZ file, as
+``pair_style mlpot ... deviation_harvest`` does in LAMMPS.
 """
 
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -34,6 +36,8 @@ class MLPotCalculator(Calculator):
     ``model`` may also be a committee: a committee file, or a list of model files evaluated as
     one (``mlpot.load_committee``). ``calibrated``: scale the force deviations by the committee's
     conformal calibration when it has one (``results["uncertainty_calibrated"]`` says whether).
+    ``calibration``, for a list of files only (a committee file carries its own): their scale, a
+    number or the committee file that ``mlpot calibrate`` made of these files.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "stresses"]
@@ -44,8 +48,12 @@ class MLPotCalculator(Calculator):
 
     def __init__(self, model: Union[str, Path, DeployedModel, Sequence[Union[str, Path]]],
                  device: str = "cpu", dtype: Optional[str] = None, skin: float = 0.0,
-                 calibrated: bool = True, **kwargs):
+                 calibrated: bool = True, calibration: Union[None, float, Dict, str, Path] = None,
+                 **kwargs):
         super().__init__(**kwargs)
+        if calibration is not None and not isinstance(model, (list, tuple)):
+            raise ValueError("calibration is for several model files run as one committee; a "
+                             "committee file carries its own (use calibrated=True/False)")
         if isinstance(model, DeployedModel):
             if dtype is not None or str(device) != "cpu":
                 raise ValueError("pass device/dtype to mlpot.load(), not with an already loaded model")
@@ -53,7 +61,7 @@ class MLPotCalculator(Calculator):
         elif isinstance(model, (list, tuple)):
             from .models.committee import load_committee
 
-            self.model = load_committee(model, device=device, dtype=dtype)
+            self.model = load_committee(model, device=device, dtype=dtype, calibration=calibration)
         else:
             self.model = load_model(model, device=device, dtype=dtype)
         self.committee = "committee" in self.model.metadata
@@ -180,3 +188,71 @@ class MLPotCalculator(Calculator):
             return False
         moved = np.einsum("ak,ak->a", positions - old_positions, positions - old_positions)
         return float(moved.max()) < (0.5 * self.skin) ** 2
+
+
+# ------------------------------------------------------------------------------ harvesting frames
+
+#: The per-atom columns of a harvested frame (extended XYZ), as pair_style mlpot writes them.
+HARVEST_PROPERTIES = ("species:S:1:pos:R:3:committee_forces:R:3:forces_std:R:1:"
+                      "energies_std:R:1")
+
+
+def harvest_frame(atoms, results: Dict, step: int) -> str:
+    """One extended-XYZ frame of ``atoms`` with a committee's ``results`` (eV, Å): the text that
+    ``pair_style mlpot ... deviation_harvest`` writes, number for number (``%.17g``). The mean is
+    stored as ``committee_energy``/``committee_forces``, not ``energy``/``forces``, so that
+    ``ase.io.read`` does not take the model's guess for labels."""
+    cell = " ".join(f"{v:.17g}" for v in np.asarray(atoms.cell.array, dtype=float).ravel())
+    pbc = " ".join("T" if p else "F" for p in atoms.pbc)
+    lines = [str(len(atoms)),
+             f'Lattice="{cell}" Properties={HARVEST_PROPERTIES} step={int(step)} '
+             f'committee_energy={results["energy"]:.17g} energy_std={results["energy_std"]:.17g} '
+             f'max_force_deviation={results["max_force_deviation"]:.17g} '
+             f'uncertainty_scale={results["uncertainty_scale"]:.17g} pbc="{pbc}"']
+    columns = np.column_stack([atoms.positions, results["forces"], results["forces_std"],
+                               results["energies_std"]])
+    for symbol, row in zip(atoms.get_chemical_symbols(), columns):
+        lines.append(f"{symbol:<2}" + "".join(f" {v:24.17g}" for v in row))
+    return "\n".join(lines) + "\n"
+
+
+class DeviationHarvester:
+    """ASE dynamics observer: appends the frame to an extended-XYZ file (``ase.io.read(path,
+    index=":")``) when the committee's max force deviation exceeds ``threshold`` (eV/Å), with
+    the same content as ``pair_style mlpot deviation_warn X deviation_harvest FILE``::
+
+        harvester = DeviationHarvester(atoms, "harvest.extxyz", threshold=0.3, dynamics=dyn)
+        dyn.attach(harvester, interval=10)      # as LAMMPS' deviation_every 10
+        dyn.run(1000)
+        harvester.steps                         # the steps written
+
+    ``atoms.calc`` must be a committee ``MLPotCalculator``; the file is truncated on creation.
+    The step is ``dynamics.nsteps``, or the number of earlier calls without ``dynamics``.
+    """
+
+    def __init__(self, atoms, filename: Union[str, Path], threshold: float, dynamics=None):
+        if not getattr(atoms.calc, "committee", False):
+            raise ValueError("DeviationHarvester needs atoms.calc to be a committee "
+                             "MLPotCalculator (a committee file or several model files)")
+        if not (threshold > 0 and np.isfinite(threshold)):
+            raise ValueError(f"threshold must be a positive force deviation in eV/Å, got "
+                             f"{threshold}")
+        self.atoms, self.path, self.threshold = atoms, Path(filename), float(threshold)
+        self.dynamics, self.calls, self.steps = dynamics, 0, []
+        try:
+            self.path.write_text("")
+        except OSError as error:
+            raise OSError(f"cannot write the harvest file {str(self.path)!r}: {error}") from error
+
+    def __call__(self) -> bool:
+        """Write the current frame if it is above the threshold; True if it was written."""
+        step = self.dynamics.nsteps if self.dynamics is not None else self.calls
+        self.calls += 1
+        self.atoms.get_forces()  # the committee results of these positions (cached after MD)
+        results = self.atoms.calc.results
+        if results["max_force_deviation"] <= self.threshold:
+            return False
+        with self.path.open("a") as stream:
+            stream.write(harvest_frame(self.atoms, results, step))
+        self.steps.append(step)
+        return True

@@ -14,7 +14,10 @@ Atoms of one structure are correlated, so with few structures the realised cover
 more than the binomial spread of n independent atoms; use many small structures, and always check
 the coverage on a separate test set (``--test``). The scale is stored in the model file's
 ``committee.calibration`` record (``mlpot.model_file.update_metadata``), and both front ends
-multiply the force deviations by it. See docs/committee.md.
+multiply the force deviations by it. Several member files are merged into one calibrated file,
+which also lists their names (``metadata.committee_of_files``), so that the files themselves can
+take its scale (``pair_style mlpot calibration FILE``, ``load_committee(files, calibration=FILE)``).
+See docs/committee.md.
 """
 
 import datetime
@@ -206,4 +209,7 @@ def run(args) -> Dict:
         test = calibration["test"]
         print(f"  test coverage          {test['coverage']:.3f} (uncalibrated "
               f"{test['raw_coverage']:.3f}; {test['n']} atoms in {test['structures']} structures)")
+    if len(args.model) > 1:
+        print(f"  the member files themselves take this scale with `pair_style mlpot calibration "
+              f"{args.output}` (LAMMPS) or MLPotCalculator(files, calibration={args.output!r})")
     return calibration

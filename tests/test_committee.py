@@ -21,7 +21,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 import mlpot
 from mlpot import calibration, cli, testing
-from mlpot.calculator import MLPotCalculator
+from mlpot.calculator import DeviationHarvester, MLPotCalculator
 from mlpot.model_file import METADATA_RECORD, ModelFileError, read_metadata, update_metadata
 from mlpot.models import BehlerParrinello, Committee, PaiNN
 from mlpot.models.committee import committee_from_files, load_committee
@@ -442,3 +442,90 @@ def test_calibrating_several_member_files_writes_one_committee_file(member_files
     with pytest.raises(ValueError, match="not a committee"):
         calibration.calibrate(str(paths[0]), [str(tmp_path / "calibration.extxyz")],
                               tmp_path / "single.pt")
+
+    # the several files themselves take the stored scale (as `pair_style mlpot calibration FILE`)
+    atoms = images[0].copy()
+    raw = evaluate(MLPotCalculator([str(p) for p in paths]), atoms)
+    for given in (tmp_path / "merged.pt", result["scale"]):
+        scaled = evaluate(MLPotCalculator([str(p) for p in reversed(paths)], calibration=given),
+                          atoms)
+        assert scaled["uncertainty_calibrated"] and scaled["uncertainty_scale"] == result["scale"]
+        np.testing.assert_allclose(scaled["forces_std"], result["scale"] * raw["forces_std"],
+                                   rtol=1e-12)
+        np.testing.assert_allclose(scaled["energies_std"], raw["energies_std"], rtol=1e-12)
+    renamed = tmp_path / "renamed.pt"
+    renamed.write_bytes(paths[0].read_bytes())
+    with pytest.raises(ValueError, match="was calibrated for the files"):
+        MLPotCalculator([str(renamed)] + [str(p) for p in paths[1:]],
+                        calibration=tmp_path / "merged.pt")
+    _, _, committee_file = member_files
+    calibrated = update_metadata(committee_file, tmp_path / "own.pt", {"committee": {
+        **read_metadata(committee_file)["committee"], "calibration": {"scale": 2.0}}})
+    with pytest.raises(ValueError, match="records no member files"):
+        MLPotCalculator([str(p) for p in paths], calibration=calibrated)
+    with pytest.raises(ValueError, match="no calibration scale"):
+        MLPotCalculator([str(p) for p in paths], calibration=committee_file)
+    with pytest.raises(ValueError, match="carries its own"):
+        MLPotCalculator(str(calibrated), calibration=2.0)
+
+
+# ------------------------------------------------------------------ harvesting frames in ASE
+
+
+def test_deviation_harvester_writes_the_frames_above_the_threshold(member_files, tmp_path):
+    """An ASE MD observer: frames (every `interval` steps) whose max force deviation exceeds the
+    threshold, in extended XYZ, with the calculator's values to the last bit."""
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    _, _, committee_file = member_files
+
+    def md(path, threshold):
+        """16 NVE steps from the same start (deterministic); harvests every 2 steps."""
+        atoms = make_structure("bulk", SPECIES, 3.5)
+        atoms.calc = MLPotCalculator(str(committee_file))
+        dyn = VelocityVerlet(atoms, timestep=0.2 * units.fs)
+        seen = {}
+        dyn.attach(lambda: seen.update({dyn.nsteps: (atoms.positions.copy(),
+                                                     dict(atoms.calc.results))}), interval=2)
+        harvester = DeviationHarvester(atoms, path, threshold, dynamics=dyn)
+        dyn.attach(harvester, interval=2)
+        dyn.run(16)
+        return atoms, harvester, seen
+
+    atoms, everything, seen = md(tmp_path / "all.extxyz", 1e-12)
+    deviations = {step: results["max_force_deviation"] for step, (_, results) in seen.items()}
+    threshold = float(np.median(list(deviations.values())))
+    _, above, _ = md(tmp_path / "above.extxyz", threshold)
+    assert everything.steps == sorted(seen) == list(range(0, 18, 2))
+    assert above.steps == [step for step in seen if deviations[step] > threshold]
+    assert 0 < len(above.steps) < len(seen)
+    for harvester in (everything, above):
+        frames = ase.io.read(harvester.path, index=":")
+        assert [f.info["step"] for f in frames] == harvester.steps
+        for frame in frames:
+            positions, results = seen[frame.info["step"]]
+            assert frame.calc is None  # the committee's guess is not taken for a label
+            assert frame.get_chemical_symbols() == atoms.get_chemical_symbols()
+            np.testing.assert_array_equal(frame.cell.array, atoms.cell.array)
+            np.testing.assert_array_equal(frame.positions, positions)
+            np.testing.assert_array_equal(frame.arrays["committee_forces"], results["forces"])
+            np.testing.assert_array_equal(frame.arrays["forces_std"], results["forces_std"])
+            np.testing.assert_array_equal(frame.arrays["energies_std"], results["energies_std"])
+            for key, name in (("committee_energy", "energy"), ("energy_std", "energy_std"),
+                              ("max_force_deviation", "max_force_deviation"),
+                              ("uncertainty_scale", "uncertainty_scale")):
+                assert frame.info[key] == results[name]
+
+
+def test_deviation_harvester_refuses_bad_input(member_files, tmp_path):
+    _, paths, committee_file = member_files
+    atoms = make_structure("bulk", SPECIES, 3.5)
+    atoms.calc = MLPotCalculator(str(paths[0]))
+    with pytest.raises(ValueError, match="needs atoms.calc to be a committee"):
+        DeviationHarvester(atoms, tmp_path / "h.extxyz", 0.1)
+    atoms.calc = MLPotCalculator(str(committee_file))
+    with pytest.raises(ValueError, match="positive force deviation"):
+        DeviationHarvester(atoms, tmp_path / "h.extxyz", 0.0)
+    with pytest.raises(OSError, match="cannot write the harvest file"):
+        DeviationHarvester(atoms, tmp_path / "missing" / "h.extxyz", 0.1)

@@ -237,6 +237,29 @@ def calibration_scale(metadata: Dict) -> Optional[float]:
     return float(calibration["scale"])
 
 
+def calibration_of_files(path: Union[str, Path], paths: Sequence[Union[str, Path]]) -> Dict:
+    """The calibration record of the committee file that ``mlpot calibrate`` merged from files
+    named like ``paths`` (its metadata ``committee_of_files``): a scale fitted on other members
+    would be meaningless, so other files are refused."""
+    from ..model_file import read_metadata
+
+    record = read_metadata(path)
+    calibration = (record.get("committee") or {}).get("calibration")
+    if not calibration:
+        raise ValueError(f"{str(path)!r} has no calibration scale; make one with `mlpot "
+                         f"calibrate FILE ... --data ... --output {path}`")
+    recorded = (record.get("metadata") or {}).get("committee_of_files")
+    if not recorded:
+        raise ValueError(f"{str(path)!r} records no member files (metadata committee_of_files): "
+                         "its scale belongs to its own members; use that file itself, or give "
+                         "the scale as a number")
+    if sorted(Path(name).name for name in recorded) != sorted(Path(p).name for p in paths):
+        raise ValueError(f"{str(path)!r} was calibrated for the files {recorded}, not for "
+                         f"{[Path(p).name for p in paths]}; calibrate these files together with "
+                         "`mlpot calibrate`, or give the scale as a number")
+    return calibration
+
+
 class CommitteeMixin:
     """What every deployed committee offers besides the outputs of ``__call__``."""
 
@@ -349,12 +372,15 @@ class DeployedCommittee(CommitteeMixin, DeployedModel):
 
 def load_committee(paths: Union[str, Path, Sequence[Union[str, Path]]],
                    device: Union[str, torch.device] = "cpu", dtype: Optional[str] = None,
-                   calibration: Union[None, float, Dict] = None) -> DeployedModel:
+                   calibration: Union[None, float, Dict, str, Path] = None) -> DeployedModel:
     """A committee from one committee file or from several model files of the same species and
     cutoff (evaluated one after the other, same outputs as a one-file committee).
 
-    ``calibration``: for several files, a conformal scale of the force deviation (a number or a
-    ``{"scale": s, ...}`` record, e.g. the one ``mlpot calibrate`` stored in a merged file).
+    ``calibration``, for several files (which have none of their own): the conformal scale s of
+    the force deviation (dimensionless: σ_i → s·σ_i), as a number, a ``{"scale": s, ...}`` record,
+    or the committee file that ``mlpot calibrate a.pt b.pt ... --output FILE`` wrote for these
+    files (its record; refused if it was calibrated for other files). The same as
+    ``pair_style mlpot calibration S|FILE`` in LAMMPS.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -373,6 +399,8 @@ def load_committee(paths: Union[str, Path, Sequence[Union[str, Path]]],
         raise ValueError("load_committee needs model files")
     resolve_device(device)
     members = [load_model(path, device=device, dtype=dtype) for path in paths]
+    if isinstance(calibration, (str, Path)):
+        calibration = calibration_of_files(calibration, paths)
     if isinstance(calibration, (int, float)):
         calibration = {"scale": float(calibration)}
     if calibration is not None and not (isinstance(calibration, dict) and "scale" in calibration
