@@ -38,7 +38,7 @@ using namespace LAMMPS_NS;
 
 namespace {
 constexpr const char *SYNTAX = "syntax: pair_style mlpot [device cpu|cuda] [threads N] "
-    "[prune yes|no] [deviation_file FILE] [deviation_every N] [calibrated yes|no] "
+    "[prune yes|no] [fold_ghosts yes|no] [deviation_file FILE] [deviation_every N] [calibrated yes|no] "
     "[calibration S|FILE] [deviation_warn X] [deviation_harvest FILE] [deviation_stop Y]";
 
 using Clock = std::chrono::steady_clock;
@@ -51,7 +51,8 @@ double seconds(Clock::time_point a, Clock::time_point b)
 /* ---------------------------------------------------------------------------------------------- */
 
 PairMLPot::PairMLPot(LAMMPS *lmp) :
-    Pair(lmp), threads_requested(0), prune(true), message_hops(1), cutoff(0.0),
+    Pair(lmp), threads_requested(0), prune(true), fold_ghosts(true), fold(false),
+    message_hops(1), cutoff(0.0),
     interaction_range(0.0), energy_factor(1.0), n_edges(0), members(0), deviation_scale(1.0),
     use_calibration(true), deviation_every(1), deviation_warn(0.0), deviation_stop(0.0),
     outputs_open(false), deviation_fp(nullptr), harvest_fp(nullptr), last_written_step(-1),
@@ -100,7 +101,8 @@ void PairMLPot::allocate()
 }
 
 /* ----------------------------------------------------------------------------------------------
-   pair_style mlpot [device cpu|cuda|cuda:N] [threads N] [prune yes|no] [committee keywords]
+   pair_style mlpot [device cpu|cuda|cuda:N] [threads N] [prune yes|no] [fold_ghosts yes|no]
+                    [committee keywords]
 ------------------------------------------------------------------------------------------------ */
 
 void PairMLPot::settings(int narg, char **arg)
@@ -108,6 +110,7 @@ void PairMLPot::settings(int narg, char **arg)
   device = "cpu";
   threads_requested = 0;
   prune = true;
+  fold_ghosts = true;
   use_calibration = true;
   calibration_value.clear();
   deviation_every = 1;
@@ -131,6 +134,8 @@ void PairMLPot::settings(int narg, char **arg)
         error->all(FLERR, "pair_style mlpot: unknown device {}; use cpu, cuda or cuda:N", device);
     } else if (key == "prune") {
       prune = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
+    } else if (key == "fold_ghosts") {
+      fold_ghosts = utils::logical(FLERR, value, false, lmp) == 1;
     } else if (key == "threads") {
       threads_requested = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
       if (threads_requested < 1)
@@ -290,13 +295,23 @@ void PairMLPot::init_style()
   if (model_device != device) load(model_files);    // pair_style re-issued with another device
   const int threads = model->set_num_threads(resolve_threads());
 
-  neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+  // One rank owns every atom: each ghost is a periodic image of a local atom, so the graph can
+  // be the local atoms with edges to images (as in ASE) instead of a ghost shell as deep as the
+  // interaction range, whose atoms the model would evaluate as well (see build_graph).
+  fold = fold_ghosts && comm->nprocs == 1 && atom->tag_enable;
+  ghostneigh = fold ? 0 : 1;
+  neighbor->add_request(this, fold ? NeighConst::REQ_FULL
+                                   : NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
 
   // Message passing: a local atom's energy depends on atoms up to interaction_range away, so
   // ghosts must reach that far (+ skin: atoms move up to skin/2 each between rebuilds). The
   // neighbour lists themselves stay at cutoff + skin: only the ghost shell grows.
   const double needed = interaction_range + neighbor->skin;
-  if (comm->cutghostuser < needed) {
+  if (fold) {
+    if (comm->me == 0)
+      utils::logmesg(lmp, "pair_style mlpot: one rank, ghost atoms folded onto their owners "
+                     "(the model sees the local atoms only), {} torch thread(s)\n", threads);
+  } else if (comm->cutghostuser < needed) {
     comm->cutghostuser = needed;
     if (comm->me == 0)
       utils::logmesg(lmp, "pair_style mlpot: communication cutoff set to {:.6g} A (interaction "
@@ -448,6 +463,7 @@ void PairMLPot::compute(int eflag, int vflag)
 // domains. Nodes: local atoms first, then ghosts, both in LAMMPS order; NULL types are left out.
 int64_t PairMLPot::build_graph(int64_t &n_local_nodes)
 {
+  if (fold) return build_folded_graph(n_local_nodes);
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
   double **x = atom->x;
@@ -558,6 +574,84 @@ int64_t PairMLPot::build_graph(int64_t &n_local_nodes)
   }
   if (kept < bound) std::memmove(centre + kept, neighbour, kept * sizeof(int64_t));
   n_edges = kept;
+  return n_nodes;
+}
+
+// The graph of this step on one rank: the local atoms are the nodes, and an edge to a ghost
+// atom points to the ghost's owner (found by its tag) with the ghost's own edge vector, exactly
+// like ASE's periodic edge list. Forces on the owner and the edge virials are then the same sums
+// as with the ghost shell, without evaluating the model on the shell's atoms.
+int64_t PairMLPot::build_folded_graph(int64_t &n_local_nodes)
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  double **x = atom->x;
+  const int *type = atom->type;
+  const tagint *tag = atom->tag;
+
+  tagint max_tag = 0;
+  for (int i = 0; i < nlocal; i++) max_tag = std::max(max_tag, tag[i]);
+  local_of_tag.assign(static_cast<std::size_t>(max_tag) + 1, -1);
+  for (int i = 0; i < nlocal; i++) local_of_tag[tag[i]] = i;
+
+  node_of_atom.resize(nall);
+  atom_of_node.resize(nlocal);
+  species.resize(nlocal);
+  int64_t n_nodes = 0;
+  for (int i = 0; i < nlocal; i++) {
+    const int s = type_species[type[i]];
+    node_of_atom[i] = s >= 0 ? static_cast<int>(n_nodes) : -1;
+    if (s >= 0) {
+      atom_of_node[n_nodes] = i;
+      species[n_nodes++] = s;
+    }
+  }
+  for (int j = nlocal; j < nall; j++) {
+    const int owner = tag[j] <= max_tag ? local_of_tag[tag[j]] : -1;
+    if (owner < 0)
+      error->one(FLERR, "pair_style mlpot: ghost atom {} has no local owner on one rank; use "
+                 "pair_style mlpot ... fold_ghosts no", tag[j]);
+    node_of_atom[j] = node_of_atom[owner];
+  }
+  species.resize(n_nodes);
+  positions.resize(3 * n_nodes);
+  for (int64_t k = 0; k < n_nodes; k++)
+    for (int d = 0; d < 3; d++) positions[3 * k + d] = x[atom_of_node[k]][d];
+
+  const int inum = list->inum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  int64_t bound = 0;
+  for (int ii = 0; ii < inum; ii++) bound += numneigh[ilist[ii]];
+  if (static_cast<int64_t>(edge_index.size()) < 2 * bound) edge_index.resize(2 * bound);
+  if (static_cast<int64_t>(edge_vectors.size()) < 3 * bound) edge_vectors.resize(3 * bound);
+  int64_t *centre = edge_index.data();
+  int64_t *neighbour = centre + bound;
+  double *vec = edge_vectors.data();
+  const double cutsq_model = cutoff * cutoff;
+  int64_t e = 0;
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    if (node_of_atom[i] < 0) continue;
+    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+    const int *jlist = firstneigh[i];
+    for (int jj = 0; jj < numneigh[i]; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (node_of_atom[j] < 0) continue;
+      const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
+      if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
+      centre[e] = node_of_atom[i];
+      neighbour[e] = node_of_atom[j];
+      vec[3 * e] = dx;
+      vec[3 * e + 1] = dy;
+      vec[3 * e + 2] = dz;
+      e++;
+    }
+  }
+  if (e < bound) std::memmove(centre + e, neighbour, e * sizeof(int64_t));
+  n_edges = e;
+  n_local_nodes = n_nodes;
   return n_nodes;
 }
 

@@ -1,7 +1,7 @@
 /* -*- c++ -*- -----------------------------------------------------------------------------------
    pair_style mlpot: machine-learned potentials exported by mlpot (https://github.com/..., MIT).
 
-   pair_style mlpot [device cpu|cuda|cuda:N] [threads N] [prune yes|no]
+   pair_style mlpot [device cpu|cuda|cuda:N] [threads N] [prune yes|no] [fold_ghosts yes|no]
                     [deviation_file FILE] [deviation_every N] [calibrated yes|no]
                     [calibration S|FILE] [deviation_warn X] [deviation_harvest FILE]
                     [deviation_stop Y]
@@ -18,7 +18,9 @@
    Local and ghost atoms within the model's interaction range become the nodes of a graph, every
    pair closer than the cutoff a directed edge (both directions); the model returns the local
    energy and dE/d(edge vector), from which forces and (per-atom) virials follow. Ghost forces
-   are summed onto their owners by LAMMPS' reverse communication (newton_pair on).
+   are summed onto their owners by LAMMPS' reverse communication (newton_pair on). On one rank
+   (fold_ghosts yes, the default) the ghosts are folded onto their owners instead: the nodes are
+   the local atoms, with edges to periodic images, as in ASE.
    See docs/lammps_plugin.md.
 ------------------------------------------------------------------------------------------------ */
 
@@ -62,6 +64,8 @@ class PairMLPot : public Pair {
   std::string device;            // requested by pair_style
   int threads_requested;         // pair_style threads N, or 0
   bool prune;                    // hand the model only what local energies can depend on
+  bool fold_ghosts;              // pair_style ... fold_ghosts yes|no
+  bool fold;                     // this run folds ghosts onto owners (fold_ghosts, one rank)
   int message_hops;              // message-passing layers of the model
   double cutoff;                 // model cutoff (Å)
   double interaction_range;      // ghost-shell width the model needs (Å)
@@ -74,6 +78,7 @@ class PairMLPot : public Pair {
   std::vector<int> hop;               // hops from the nearest local atom
   std::vector<int> frontier;          // breadth-first search queue
   std::vector<int> node_of_atom;      // LAMMPS atom index -> node, -1 if left out
+  std::vector<int> local_of_tag;      // folded graph: atom ID -> local atom index
   std::vector<int> atom_of_node;
   std::vector<int64_t> species;
   std::vector<double> positions;      // [n_nodes][3]
@@ -111,6 +116,7 @@ class PairMLPot : public Pair {
   int resolve_threads() const;
   void load(const std::vector<std::string> &files);
   int64_t build_graph(int64_t &n_local_nodes);
+  int64_t build_folded_graph(int64_t &n_local_nodes);
   void accumulate(const double *gradient, const double *atom_energies, double energy,
                   int64_t n_local_nodes, const double *member_gradients);
   double calibration_scale();

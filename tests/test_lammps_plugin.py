@@ -405,34 +405,42 @@ def test_float32_model_matches_ase(plugin, workdir, kind):
     assert relative_error(forces, same.get_forces()) < 1e-4
 
 
-def test_pruned_graph_gives_the_same_results(plugin, workdir, accurate_model):
-    """`prune no` hands the model every ghost and edge; pruning drops only what local energies
-    cannot depend on, so energies, forces and virials agree to round-off. (For BP, pruning keeps
-    only the edges centred on local atoms: those centred on ghosts must not matter.)"""
+@pytest.mark.parametrize("graph", ["fold_ghosts no prune yes", "fold_ghosts yes"])
+def test_graph_variants_give_the_same_results(plugin, workdir, accurate_model, graph):
+    """The reference graph is the full ghost shell (`fold_ghosts no prune no`: every ghost and
+    edge). Pruning drops only what local energies cannot depend on; folding (one rank, the
+    default there) replaces ghosts by their owners with edges to periodic images, as ASE does.
+    Both must agree with it to round-off: energy, pressure tensor, forces, per-atom energies and
+    per-atom virials. (For BP, pruning keeps only the edges centred on local atoms.)"""
     atoms = random_atoms(SINGLE_CELL, 12, 1.8, seed=5)
-    data = mlammps.write_data(workdir / "prune.data", atoms, SPECIES)
+    data = mlammps.write_data(workdir / "graph.data", atoms, SPECIES)
     results = {}
-    for prune in ("yes", "no"):
+    for variant in ("fold_ghosts no prune no", graph):
         lmp = quiet_lammps()
         try:
             lmp.commands_string(f"""
                 units metal
                 atom_style atomic
                 read_data {data}
-                pair_style mlpot prune {prune} threads 1
+                pair_style mlpot {variant} threads 1
                 pair_coeff * * {accurate_model} Si C
+                compute pe all pe/atom
+                compute virial all stress/atom NULL
                 thermo_style custom pe pxx pyy pzz pxy pxz pyz
                 run 0
             """)
             n = lmp.extract_global("nlocal")
             order = np.argsort(lmp.numpy.extract_atom("id")[:n])
-            results[prune] = (
+            results[variant] = [
                 np.array([lmp.get_thermo(k) for k in ("pe", "pxx", "pyy", "pzz", "pxy", "pxz")]),
-                np.array(lmp.numpy.extract_atom("f")[:n][order]))
+                np.array(lmp.numpy.extract_atom("f")[:n][order]),
+                np.array(lmp.numpy.extract_compute("pe", 1, 1)[:n][order]),
+                np.array(lmp.numpy.extract_compute("virial", 1, 2)[:n][order])]
         finally:
             lmp.close()
-    assert relative_error(results["yes"][0], results["no"][0]) <= 1e-12
-    assert relative_error(results["yes"][1], results["no"][1]) <= 1e-12
+    reference, variant = results.values()
+    for expected, got in zip(reference, variant):
+        assert relative_error(got, expected) <= 1e-12
 
 
 # --------------------------------------------------------------------------------- trajectories
