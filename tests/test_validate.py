@@ -343,3 +343,158 @@ def test_a_failing_part_is_reported_not_raised(tmp_path):
     assert any(f.startswith("E–V fit (model) failed") for f in results["failures"])
     assert "## Failures" in report and "E–V fit (model) failed" in report
     assert (out / "rdf.png").is_file() and "## Speed" in report
+
+
+# ------------------------------------------------------------------------------ molecules
+
+
+def test_vibration_of_a_morse_diatomic_has_the_analytic_frequency():
+    """E = ε (e^{2a(r0−r)} − 2 e^{a(r0−r)}), a = ρ0/r0: k = 2 ε a², ω = √(k/μ); one mode
+    (a linear molecule)."""
+    from ase import Atoms
+    from ase.calculators.morse import MorsePotential
+    from ase.units import _amu, _c, _e
+
+    epsilon, rho0, r0 = 5.0, 3.0, 1.2
+    calc = MorsePotential(epsilon=epsilon, rho0=rho0, r0=r0)
+    relaxed = validate.minimum(calc, Atoms("O2", positions=[[0, 0, 0], [0.1, 0.2, 1.35]]), 1e-6)
+    assert relaxed["converged"]
+    assert relaxed["atoms"].get_distance(0, 1) == pytest.approx(r0, abs=1e-6)
+    k = 2 * epsilon * (rho0 / r0) ** 2 * _e * 1e20  # J/m²
+    mu = relaxed["atoms"].get_masses()[0] / 2 * _amu
+    expected = np.sqrt(k / mu) / (2 * np.pi) / (100 * _c)  # cm⁻¹
+    frequencies = validate.vibrational_frequencies(calc, relaxed["atoms"])["frequencies"]
+    assert frequencies == pytest.approx([expected], rel=2e-3)  # central differences, δ = 0.01 Å
+
+
+@pytest.fixture(scope="module")
+def emt_trimer():
+    """EMT (H and O parameters in ase) has a water-trimer minimum: a cheap molecular stand-in."""
+    return validate.minimum(EMT(), validate.KNOWN_MOLECULES[frozenset({"H", "O"})].build(), 1e-5)
+
+
+def test_molecular_frequencies_match_ase_vibrations_and_ignore_orientation(tmp_path, emt_trimer):
+    from ase.vibrations import Vibrations
+
+    atoms = emt_trimer["atoms"]
+    ours = validate.vibrational_frequencies(EMT(), atoms)["frequencies"]
+    assert ours.shape == (3 * len(atoms) - 6,) and ours.min() > 50.0
+    displaced = atoms.copy()
+    displaced.calc = EMT()
+    vibrations = Vibrations(displaced, name=str(tmp_path / "vib"), delta=0.01)
+    vibrations.run()
+    theirs = np.sort(np.real(vibrations.get_frequencies()))[6:]  # ase keeps the 6 rigid modes
+    np.testing.assert_allclose(ours, theirs, atol=0.5)
+    turned = atoms.copy()
+    turned.rotate(37, (1, 2, 3), center="COM")
+    turned.translate((3.0, -1.0, 2.0))
+    # the same up to the central differences' O(δ²) error, which depends on the orientation
+    np.testing.assert_allclose(validate.vibrational_frequencies(EMT(), turned)["frequencies"],
+                               ours, atol=1.0)
+    assert validate.aligned_rmsd(atoms, turned) < 1e-10
+
+
+def test_rmsd_distances_and_vacuum_box(emt_trimer):
+    atoms = emt_trimer["atoms"]
+    moved = atoms.copy()
+    moved.positions[0] += [0.3, 0.0, 0.0]
+    # one atom moved by d: the best superposition cannot do worse than d/√N
+    assert 0 < validate.aligned_rmsd(atoms, moved) <= 0.3 / np.sqrt(len(atoms)) + 1e-12
+    distances = validate.heavy_atom_distances(atoms)
+    assert len(distances) == 3 and np.all(np.diff(distances) >= 0)
+    boxed = validate.in_vacuum_box(atoms, 11.0)
+    assert all(boxed.pbc) and validate.aligned_rmsd(atoms, boxed) < 1e-10
+    centre = boxed.get_center_of_mass()
+    radius = np.linalg.norm(boxed.positions - centre, axis=1).max()
+    assert np.allclose(centre, boxed.cell.diagonal() / 2)
+    assert boxed.cell[0, 0] == pytest.approx(2 * (radius + 11.0))
+
+
+def test_pyscf_forces_are_its_energy_gradient_and_molecules_only():
+    pytest.importorskip("pyscf")
+    from ase.build import molecule
+
+    calc = validate.PySCFCalculator("hf", "sto-3g")
+    atoms = molecule("H2O")
+    atoms.positions[1] += [0.03, -0.02, 0.05]
+    atoms.calc = calc
+    forces = atoms.get_forces()
+    h = 1e-3
+    energies = []
+    for sign in (1, -1):
+        trial = atoms.copy()
+        trial.positions[1, 2] += sign * h
+        trial.calc = calc
+        energies.append(trial.get_potential_energy())
+    assert -(energies[0] - energies[1]) / (2 * h) == pytest.approx(forces[1, 2], abs=1e-4)
+    periodic = atoms.copy()
+    periodic.cell, periodic.pbc = [10, 10, 10], True
+    periodic.calc = calc
+    with pytest.raises(ValueError, match="molecules only"):
+        periodic.get_potential_energy()
+    reference = validate.parse_reference("pyscf:pbe/def2-svp")
+    assert reference.molecular and reference.primary.label == "PBE/def2-svp (PySCF)"
+    with pytest.raises(ValueError, match="pyscf:<xc>/<basis>"):
+        validate.parse_reference("pyscf:pbe")
+
+
+def test_crystal_input_for_a_molecule_is_refused_clearly(emt_trimer):
+    molecular = [emt_trimer["atoms"]]
+    water = validate.KNOWN_MOLECULES[frozenset({"H", "O"})]
+    none = validate.parse_reference("none")
+    assert validate.choose_system(["H", "O"], molecular, none) is water
+    assert validate.choose_system(["H", "O"], [], none) is water
+    assert validate.choose_system(["Si"], [], none) is SILICON
+    with pytest.raises(ValueError, match="elastic constants, phonons.*do not apply to a molecule"):
+        validate.choose_system(["H", "O"], molecular, none, Crystal("H2O", "fcc", 4.0))
+    molecular_reference = validate.Reference("m", "a molecular method", molecular=True)
+    with pytest.raises(ValueError, match="molecules only.*periodic"):
+        validate.choose_system(["Si"], [SILICON.primitive()], molecular_reference)
+
+
+def test_report_molecule_end_to_end(tmp_path, emt_trimer):
+    """A random H/O model against EMT as a (cheap) molecular reference: every molecular
+    section, with EMT's own test labels reproduced."""
+    from mlpot.model_file import export_model
+    from mlpot.models import PaiNN
+
+    torch.manual_seed(8)  # this random model has a bound trimer minimum (O–O 2.05 Å)
+    model = PaiNN(["H", "O"], cutoff=4.0, num_features=8, num_interactions=2, num_radial=4)
+    model.set_energy_shift_scale(torch.tensor([0.0, 0.0]), torch.tensor([0.3, 0.3]))
+    model_path = export_model(model, tmp_path / "random.pt")
+    frames = []
+    for k in range(3):  # the optimisations start from the lowest-energy one
+        atoms = validate.KNOWN_MOLECULES[frozenset({"H", "O"})].build()
+        atoms.rattle(0.05, seed=k)
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(),
+                                           forces=atoms.get_forces())
+        frames.append(atoms)
+    test_path = tmp_path / "test.extxyz"
+    write(test_path, frames)
+    emt = validate.Method("EMT", lambda md=False: EMT())
+    reference = validate.Reference("emt", "EMT", [emt], labelled_test_data=True, molecular=True)
+    settings = validate.Settings(quick=True, nve_ps=0.01, molecule_speed_repeats=(1,),
+                                 speed_steps=2)
+    out = tmp_path / "report"
+    results = validate.validate(str(model_path), reference, str(test_path), out, settings)
+
+    report = (out / "report.md").read_text()
+    for heading in ("## Summary", "## Test-set errors", "## Minimum-energy geometry",
+                    "## Harmonic vibrational frequencies", "## Binding energy",
+                    "## NVE in LAMMPS", "## Speed"):
+        assert heading in report, heading
+    assert "Crystal properties" not in report and "outside the training data" in report
+    for png in ("parity.png", "vibrations.png", "nve.png"):
+        assert (out / png).stat().st_size > 1000, png
+    saved = json.loads((out / "results.json").read_text())
+    assert not results.get("failures"), results.get("failures")
+    assert saved["test_set"]["EMT"]["force_mae"] < 1e-3
+    assert saved["minimum"]["EMT"]["energy"] == pytest.approx(emt_trimer["energy"], abs=1e-3)
+    assert len(saved["vibrations"]["EMT"]["frequencies"]) == 21
+    assert saved["vibration_errors"]["modes"] == 21
+    assert saved["binding_energy"]["EMT"] == pytest.approx(
+        emt_trimer["energy"] - 3 * saved["monomer"]["EMT"]["energy"])
+    assert set(saved["nve"]) == {"model"} and saved["speed"]["model"]["9"]["lammps"] > 0
+    assert settings.timestep is None  # the molecule's 0.5 fs was used, the input is untouched
+    assert saved["nve"]["model"]["timestep_fs"] == 0.5
