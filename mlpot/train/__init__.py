@@ -61,6 +61,13 @@ def run(args) -> dict:
     return _train(args)
 
 
+def _config_folder(args):
+    """The config file's folder (paths in the model's provenance are recorded relative to it)."""
+    from pathlib import Path
+
+    return str(Path(args.config).resolve().parent) if args.config is not None else None
+
+
 def _train(args) -> dict:
     from pathlib import Path
 
@@ -104,7 +111,7 @@ def _train(args) -> dict:
     context = from_environment(config["training"]["device"])
     try:
         return run_training(config, context, resume=resume, stop_after=args.stop_after,
-                            resume_state=resume_state)
+                            resume_state=resume_state, config_folder=_config_folder(args))
     finally:
         shutdown()
 
@@ -121,6 +128,6 @@ def _train_committee(args, config) -> dict:
     context = from_environment(config["training"]["device"])
     try:
         return run_committee(config, context, resume=args.resume is not None,
-                             stop_after=args.stop_after)
+                             stop_after=args.stop_after, config_folder=_config_folder(args))
     finally:
         shutdown()

@@ -39,7 +39,7 @@ def member_config(config: Dict, k: int) -> Dict:
 
 
 def run_committee(config: Dict, context: Context, resume: bool = False,
-                  stop_after: Optional[int] = None) -> Dict:
+                  stop_after: Optional[int] = None, config_folder: Optional[str] = None) -> Dict:
     """Train the members, then evaluate, checkpoint and export the committee."""
     spec = config["training"]["committee"]
     count = spec["members"]
@@ -63,7 +63,8 @@ def run_committee(config: Dict, context: Context, resume: bool = False,
             "the training set"
         log(f"committee member {k + 1}/{count}: seed {member['training']['seed']}, {data}, "
             f"in {member['output']['directory']}" + (" (resumed)" if options else ""))
-        summary = run_training(member, context, stop_after=stop_after, **options)
+        summary = run_training(member, context, stop_after=stop_after,
+                               config_folder=config_folder, **options)
         summaries.append(summary)
         if not summary.get("finished", True):
             log(f"committee stopped in member {k + 1}/{count}; continue with `mlpot train "

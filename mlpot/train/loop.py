@@ -237,10 +237,23 @@ def _atomic_save(save, path: Path) -> None:
     os.replace(temporary, path)
 
 
+def _portable_path(path: str, folder: Optional[str]) -> str:
+    """``path`` relative to ``folder`` (the config file's folder) when it lies inside it, so that a
+    shipped model file does not record the trainer's directories; other paths are kept as given."""
+    if folder is None:
+        return path
+    try:
+        return Path(path).resolve().relative_to(Path(folder).resolve()).as_posix()
+    except ValueError:
+        return path
+
+
 def _provenance(config: Dict, datasets: Dict, indices: Dict, normalisation: Dict,
-                source: Optional[Dict], species: List[str]) -> Dict:
+                source: Optional[Dict], species: List[str],
+                folder: Optional[str] = None) -> Dict:
     digest = hashlib.sha256(json.dumps(indices, sort_keys=True).encode()).hexdigest()
-    files = {name: ds.files if ds else None for name, ds in datasets.items()}
+    files = {name: [{**r, "path": _portable_path(r["path"], folder)} for r in ds.files]
+             if ds else None for name, ds in datasets.items()}
     train_files = ", ".join(f"{r['name']} ({r['structures']} structures, sha256 {r['sha256'][:12]})"
                             for r in files["train"])
     training = {
@@ -260,6 +273,7 @@ def _provenance(config: Dict, datasets: Dict, indices: Dict, normalisation: Dict
     }
     if source is not None:
         training["finetuned_from"] = {k: v for k, v in source.items() if k != "metadata"}
+        training["finetuned_from"]["path"] = _portable_path(source["path"], folder)
         training["finetuned_from"]["provenance"] = source.get("metadata", {})
     return {
         "reference_method": config["data"]["reference_method"] or "unspecified",
@@ -276,8 +290,13 @@ def _data_fingerprint(datasets: Dict) -> List:
 
 
 def run_training(config: Dict, context: Context, resume: Optional[str] = None,
-                 stop_after: Optional[int] = None, resume_state: Optional[Dict] = None) -> Dict:
-    """Train as ``config`` says; returns a summary (paths, best epoch, final metrics)."""
+                 stop_after: Optional[int] = None, resume_state: Optional[Dict] = None,
+                 config_folder: Optional[str] = None) -> Dict:
+    """Train as ``config`` says; returns a summary (paths, best epoch, final metrics).
+
+    ``config_folder``: the config file's folder; data and source-model paths inside it are
+    recorded relative to it in the model's provenance (absolute when it is not given).
+    """
     training, output = config["training"], config["output"]
     if training["num_threads"]:
         torch.set_num_threads(training["num_threads"])
@@ -336,7 +355,7 @@ def run_training(config: Dict, context: Context, resume: Optional[str] = None,
         log(f"resumed from {resume} after epoch {trainer.epoch}")
     else:
         metadata = _provenance(config, datasets, indices, normalisation, source,
-                               list(model.species))
+                               list(model.species), config_folder)
         sizes = ", ".join(f"{len(g)} {name}" for name, g in graphs.items())
         log(f"{model.kind} model, species {' '.join(model.species)}, cutoff {model.cutoff:g} Å, "
             f"{sum(p.numel() for p in model.parameters())} parameters; structures: {sizes}")
