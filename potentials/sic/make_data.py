@@ -6,7 +6,20 @@ a *multi-element* model (species mapping in ASE and LAMMPS), and its "truth" is
 
 Sampling (3C-SiC, 64-atom cubic cell unless stated): NVT MD at 300–3000 K, random strains and
 shears of ±5 % with thermal noise, Si and C vacancies, antisites, a (001) slab with vacuum, and
-the liquid. Labels: energy, forces, virial stress. Output: train/validation/test extxyz.
+the liquid. Near the ideal crystal, which the hot MD frames hardly pin down, static frames (no
+MD): homogeneous strains of ±0.5–3 % (uniaxial, tetragonal, shear, expansion) of the ideal 8-atom
+cell, ions ideal and, for shears, also relaxed by Tersoff; random strains up to ±1.5 %, ions ideal
+or relaxed; and 64-atom cells with small random displacements (σ = 0.003–0.02 Å), ideal or strained
+by up to ±1 %. They fix the equation of state, the elastic constants and the harmonic force
+constants (phonons); there are many of them (a fifth of the frames) because the loss is otherwise
+dominated by the large force errors of the hot frames.
+
+Tersoff's Si–Si cutoff region is 2.7–3.0 Å and the second-neighbour Si–Si distance of the ideal
+crystal is 3.055 Å: a hydrostatic compression beyond −1.8 % (or displacements of a few 0.01 Å)
+brings these pairs into it, where the energy rises steeply (−67 GPa at −2 %, −278 GPa at −3 %
+against −7 GPa at −1 %). The near-equilibrium frames stay outside that wall (compression at most
+−1.5 %); the hot MD frames sample it. Labels: energy, forces, virial stress.
+Output: train/validation/test extxyz.
 Run: ``python potentials/sic/make_data.py [--out potentials/sic/data]``.
 """
 
@@ -65,8 +78,14 @@ class TersoffLabeller:
         """)
         self.prism = prism
 
-    def label(self, atoms: Atoms) -> Atoms:
+    def label(self, atoms: Atoms, relax: bool = False) -> Atoms:
+        """Labels of ``atoms``; ``relax``: first relax the ions in the fixed cell."""
         self._load(atoms)
+        if relax:
+            self.lmp.commands_string("""
+                min_style cg
+                minimize 0.0 1.0e-10 10000 100000
+            """)
         self.lmp.command("run 0")
         return self._snapshot(atoms)
 
@@ -129,6 +148,55 @@ def structures(rng):
     yield "liquid", liquid, 5000
 
 
+#: Tersoff's own zincblende lattice constant (Å), from an E–V fit
+A0_TERSOFF = 4.3212
+STRAINS = (0.005, 0.01, 0.02, 0.03)
+
+
+def strained(atoms: Atoms, strain: np.ndarray) -> Atoms:
+    """``atoms`` under the homogeneous (symmetric) strain ``strain``, positions scaled along."""
+    out = atoms.copy()
+    out.set_cell(atoms.cell.array @ (np.eye(3) + strain), scale_atoms=True)
+    return out
+
+
+def near_equilibrium(rng):
+    """Static frames near the ideal crystal: (name, atoms, relax the ions?)."""
+    cell = bulk("SiC", "zincblende", a=A0_TERSOFF, cubic=True)   # 8 atoms
+    yield "eq: ideal", cell, False
+    for e in (-0.015, -0.01, -0.005, 0.005, 0.01, 0.02, 0.03):
+        yield "eq: hydrostatic", strained(cell, e * np.eye(3)), False
+    for e in STRAINS:
+        for sign in (1, -1):
+            uniaxial = np.zeros((3, 3))
+            uniaxial[0, 0] = sign * e
+            yield "eq: uniaxial", strained(cell, uniaxial), False
+            shear = np.zeros((3, 3))
+            shear[0, 1] = shear[1, 0] = sign * e / 2   # engineering shear strain e
+            yield "eq: shear", strained(cell, shear), False
+            yield "eq: shear, relaxed", strained(cell, shear), True
+    for e in STRAINS:
+        for sign in (1, -1):   # volume-conserving tetragonal strain: C11 − C12 alone
+            yield "eq: tetragonal", strained(cell, sign * e * np.diag([1.0, -0.5, -0.5])), False
+    for _ in range(48):
+        strain = rng.uniform(-0.015, 0.015, (3, 3))
+        yield "eq: random strain, relaxed", strained(cell, (strain + strain.T) / 2), True
+    for _ in range(48):
+        strain = rng.uniform(-0.015, 0.015, (3, 3))
+        yield "eq: random strain", strained(cell, (strain + strain.T) / 2), False
+    supercell = cell * (2, 2, 2)                                  # 64 atoms
+    for sigma in (0.003, 0.006, 0.01, 0.02):
+        for _ in range(12):
+            rattled = supercell.copy()
+            rattled.positions += rng.normal(0.0, sigma, rattled.positions.shape)
+            yield "eq: displaced", rattled, False
+    for _ in range(40):
+        strain = rng.uniform(-0.01, 0.01, (3, 3))
+        rattled = strained(supercell, (strain + strain.T) / 2)
+        rattled.positions += rng.normal(0.0, 0.01, rattled.positions.shape)
+        yield "eq: strained, displaced", rattled, False
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "data"))
@@ -145,6 +213,14 @@ def main(argv=None):
             frame.info["config_type"] = name
         groups.append(frames)
         print(f"{name:16s} {temperature:5d} K  {len(frames)} frames")
+    static = {}
+    for name, atoms, relax in near_equilibrium(rng):
+        frame = labeller.label(atoms, relax=relax)
+        frame.info["config_type"] = name
+        static.setdefault(name, []).append(frame)
+    for name, frames in static.items():
+        print(f"{name:28s} {len(frames)} frames")
+        groups.append(frames)
     frames = [frame for group in groups for frame in group]
     write_splits(frames, args.out, REFERENCE, seed=args.seed)
 
