@@ -1143,6 +1143,13 @@ def in_vacuum_box(atoms: Atoms, margin: float) -> Atoms:
 # plots
 
 
+def _save_figure(figure, path) -> None:
+    """Every report figure is laid out, written at the same resolution and closed the same way."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    _pyplot().close(figure)
+
+
 def _pyplot():
     import matplotlib
 
@@ -1174,9 +1181,7 @@ def plot_parity(errors: Dict, path: Path, title: str):
         axis.set_xlabel(f"reference {name}")
         axis.set_ylabel(f"model {name}")
     figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save_figure(figure, path)
 
 
 def plot_eos(curves: Dict[str, Dict], data_eos: Optional[Dict], path: Path, title: str):
@@ -1193,9 +1198,7 @@ def plot_eos(curves: Dict[str, Dict], data_eos: Optional[Dict], path: Path, titl
     axis.set_ylabel("E − E0 (meV/atom)")
     axis.set_title(title)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save_figure(figure, path)
 
 
 def plot_phonons(results: Dict[str, Dict], literature: Dict, literature_label: str, path: Path,
@@ -1220,9 +1223,7 @@ def plot_phonons(results: Dict[str, Dict], literature: Dict, literature_label: s
     axis.set_ylabel("frequency (THz)")
     axis.set_title(title)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save_figure(figure, path)
 
 
 def plot_rdf(results: Dict[str, Dict], path: Path, title: str):
@@ -1238,9 +1239,7 @@ def plot_rdf(results: Dict[str, Dict], path: Path, title: str):
         axis.set_title(key)
         axis.legend(fontsize=8)
     figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save_figure(figure, path)
 
 
 def plot_vibrations(results: Dict[str, Dict], path: Path, title: str):
@@ -1255,9 +1254,7 @@ def plot_vibrations(results: Dict[str, Dict], path: Path, title: str):
     axis.set_ylabel("harmonic frequency (cm⁻¹)")
     axis.set_title(title)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save_figure(figure, path)
 
 
 def plot_nve(results: Dict[str, Dict], path: Path, title: str):
@@ -1270,9 +1267,7 @@ def plot_nve(results: Dict[str, Dict], path: Path, title: str):
     axis.set_ylabel("E_total − E_total(0) (meV/atom)")
     axis.set_title(title)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save_figure(figure, path)
 
 
 # ------------------------------------------------------------------------------------------
