@@ -45,6 +45,14 @@
 #define MLPOT_SIMD_CLONES
 #endif
 
+// The pass templates are inlined into the cloned functions, so that they are compiled per
+// instruction set too (GCC stops inlining large functions otherwise).
+#if defined(__GNUC__)
+#define MLPOT_ALWAYS_INLINE __attribute__((always_inline)) inline
+#else
+#define MLPOT_ALWAYS_INLINE inline
+#endif
+
 #if defined(__GNUC__) && !defined(__clang__)
 #define MLPOT_REASSOCIATE __attribute__((optimize("associative-math", "no-signed-zeros")))
 #else
@@ -228,6 +236,11 @@ void edge_factors(int n, std::size_t stride, const double* __restrict r, int n_e
     }
 }
 
+// What a pass over the angular block produces: descriptors only (half rows), stored derivatives
+// (full rows, each row its own edge's terms) or the chain rule (half rows, both edges' terms).
+// Each pass computes only the pair factors it reads.
+enum class Pass { descriptors, derivatives, chain_rule };
+
 // Everything the angular accumulation needs, as raw arrays (see SymmetryFunctions::Workspace).
 // Angular slots are sorted by neighbour species: species t occupies [run[t], run[t + 1]).
 struct AngularArrays {
@@ -250,7 +263,7 @@ struct AngularArrays {
     double *h_a, *dh_a, *h_b, *dh_b;                  // [n_eta][cap]
     double *cos_theta, *c_ra, *c_rb, *rjk, *inv_rjk, *fcjk, *dfcjk;  // [cap]
     double *H, *Da, *Db, *Qa, *Qb;                    // [n_groups][cap]; Qa = Q r_a, Qb = Q r_b
-    double *P, *dP, *x, *squares;                     // [n_powers][cap], [cap], [bits][cap]
+    double *P, *dP, *x, *squares;                     // [n_powers][cap], [cap], [bits − 1][cap]
     // Accumulators, internal function order; k = pair × n_angular + f.
     double* G;  // [k]
     double* A;  // [angular slot][k] or null
@@ -290,7 +303,8 @@ inline void broadcast(int begin, int end, double value, double* __restrict targe
 // need no remainders (padding points at the zero slot n, where h = dh = u = r = 0, with
 // r_jk = rc: every term it enters is exactly zero). When every function is a G4, partners with r_jk ≥ rc are left out: f_c(r_jk) = 0 makes
 // their terms vanish, and in a dense solid that is about half of the pairs. Returns the new end.
-inline int gather_partners(const AngularPlan& p, const AngularArrays& w, int a, int first, int m,
+template <Pass pass>
+MLPOT_ALWAYS_INLINE int gather_partners(const AngularPlan& p, const AngularArrays& w, int a, int first, int m,
                            int* run) {
     const double vxa = w.vx[a], vya = w.vy[a], vza = w.vz[a];
     const double rc2 = p.rc * p.rc;
@@ -310,30 +324,32 @@ inline int gather_partners(const AngularPlan& p, const AngularArrays& w, int a, 
         }
         run[t + 1] = m;
     }
-    gather(begin, m, w.partner, w.r, w.r_b);
-    gather(begin, m, w.partner, w.inv_r, w.inv_r_b);
     gather(begin, m, w.partner, w.ux, w.ux_b);
     gather(begin, m, w.partner, w.uy, w.uy_b);
     gather(begin, m, w.partner, w.uz, w.uz_b);
-    broadcast(begin, m, w.r[a], w.r_a);
-    broadcast(begin, m, w.inv_r[a], w.inv_r_a);
     broadcast(begin, m, w.ux[a], w.ux_a);
     broadcast(begin, m, w.uy[a], w.uy_a);
     broadcast(begin, m, w.uz[a], w.uz_a);
+    if constexpr (pass != Pass::descriptors) {
+        gather(begin, m, w.partner, w.r, w.r_b);
+        broadcast(begin, m, w.r[a], w.r_a);
+        broadcast(begin, m, w.inv_r[a], w.inv_r_a);
+    }
+    if constexpr (pass == Pass::chain_rule) gather(begin, m, w.partner, w.inv_r, w.inv_r_b);
     for (int q = 0; q < w.n_eta; ++q) {
         const double* h = w.h + q * w.h_stride;
         const double* dh = w.dh + q * w.h_stride;
         gather(begin, m, w.partner, h, w.h_b + q * w.cap);
-        gather(begin, m, w.partner, dh, w.dh_b + q * w.cap);
         broadcast(begin, m, h[a], w.h_a + q * w.cap);
-        broadcast(begin, m, dh[a], w.dh_a + q * w.cap);
+        if constexpr (pass != Pass::descriptors) broadcast(begin, m, dh[a], w.dh_a + q * w.cap);
+        if constexpr (pass == Pass::chain_rule) gather(begin, m, w.partner, dh, w.dh_b + q * w.cap);
     }
     return m;
 }
 
 // cos θ (and cos θ / r_a, cos θ / r_b), r_jk, 1/r_jk, f_c(r_jk), f_c'(r_jk) of the gathered
 // partners; r_jk ≥ rc gives f_c = f_c' = 1/r_jk = 0.
-template <bool Cosine>
+template <bool Cosine, Pass pass>
 inline void pair_geometry(int m, const double* __restrict ux, const double* __restrict uy,
                           const double* __restrict uz, const double* __restrict inv_r,
                           const double* __restrict rjk2, const double* __restrict uxa,
@@ -346,8 +362,8 @@ inline void pair_geometry(int m, const double* __restrict ux, const double* __re
     for (int b = 0; b < m; ++b) {
         const double c = uxa[b] * ux[b] + uya[b] * uy[b] + uza[b] * uz[b];
         cos_theta[b] = c;
-        c_ra[b] = c * inv_ra[b];
-        c_rb[b] = c * inv_r[b];
+        if constexpr (pass != Pass::descriptors) c_ra[b] = c * inv_ra[b];
+        if constexpr (pass == Pass::chain_rule) c_rb[b] = c * inv_r[b];
         const double in = rjk2[b] < rc2 ? 1.0 : 0.0;
         double inverse, rjk;
         inverse_sqrt_and_sqrt(rjk2[b] < rc2 ? rjk2[b] : rc2, inverse, rjk);
@@ -358,14 +374,17 @@ inline void pair_geometry(int m, const double* __restrict ux, const double* __re
             polynomial_cutoff(rjk * inv_rc, inv_rc, fc, dfc);
         }
         rjk_out[b] = rjk;
-        inv_rjk[b] = in * inverse;
         fcjk[b] = in * fc;
-        dfcjk[b] = in * dfc;
+        if constexpr (pass != Pass::descriptors) {
+            inv_rjk[b] = in * inverse;
+            dfcjk[b] = in * dfc;
+        }
     }
 }
 
 // G4 distance factor H = h(r_a) h(r_b) h(r_jk) and its pieces (see the file header):
 // Da = ∂H/∂r_a + Q r_a, Db = ∂H/∂r_b + Q r_b, Qa = Q r_a, Qb = Q r_b.
+template <Pass pass>
 inline void g4_factors(int m, double eta, const double* __restrict ra,
                        const double* __restrict hb, const double* __restrict dhb,
                        const double* __restrict rb, const double* __restrict ha,
@@ -381,31 +400,52 @@ inline void g4_factors(int m, double eta, const double* __restrict ra,
         const double hab = ha[b] * hb[b];
         const double Q = hab * dhjk * inv_rjk[b];
         H[b] = hab * hjk;
-        Qa[b] = Q * ra[b];
+        if constexpr (pass == Pass::descriptors) continue;
         Qb[b] = Q * rb[b];
         Da[b] = dha[b] * hb[b] * hjk + Q * ra[b];
+        if constexpr (pass != Pass::chain_rule) continue;
+        Qa[b] = Q * ra[b];
         Db[b] = ha[b] * dhb[b] * hjk + Q * rb[b];
     }
 }
 
 // G5 distance factor H = h(r_a) h(r_b) (no r_jk term: Q = 0).
+template <Pass pass>
 inline void g5_factors(int m, const double* __restrict hb, const double* __restrict dhb,
                        const double* __restrict ha, const double* __restrict dha,
                        double* __restrict H, double* __restrict Da,
                        double* __restrict Db, double* __restrict Qa, double* __restrict Qb) {
     for (int b = 0; b < m; ++b) {
         H[b] = ha[b] * hb[b];
+        if constexpr (pass == Pass::descriptors) continue;
         Da[b] = dha[b] * hb[b];
+        Qb[b] = 0.0;
+        if constexpr (pass != Pass::chain_rule) continue;
         Db[b] = ha[b] * dhb[b];
         Qa[b] = 0.0;
-        Qb[b] = 0.0;
     }
 }
 
-// P = scale · x^(e+1) and dP = dscale · x^e for x = max(1 + λ cos θ, 0) and every power of
-// the set. Integer exponents e multiply the squares x^(2^k) that the bits of e select; the
-// squares are computed once per λ and shared by all ζ (one multiplication per set bit).
-inline void angular_powers(const AngularPlan& p, const AngularArrays& w, int m) {
+// P = scale · x^(e+1) and dP = dscale · x^e over m entries, where x^e is the product of the N
+// squares x^(2^k) that the bits of e select, in one pass (one pass per factor, each storing its
+// partial product, cost more than the arithmetic).
+template <int N, Pass pass>
+MLPOT_ALWAYS_INLINE void power_from_squares(int m, const double* const* factors,
+                                            const double* __restrict x, double scale,
+                                            double dscale, double* __restrict P,
+                                            double* __restrict dP) {
+    for (int b = 0; b < m; ++b) {
+        double xe = 1.0;
+        for (int k = 0; k < N; ++k) xe *= factors[k][b];
+        P[b] = scale * xe * x[b];
+        if constexpr (pass != Pass::descriptors) dP[b] = dscale * xe;
+    }
+}
+
+// P and dP for x = max(1 + λ cos θ, 0) and every power of the set. The squares x^(2^k) are
+// computed once per λ and shared by all integer ζ (ζ ≤ 64: at most 6 factors).
+template <Pass pass>
+MLPOT_ALWAYS_INLINE void angular_powers(const AngularPlan& p, const AngularArrays& w, int m) {
     for (const double lambda : {1.0, -1.0}) {
         int bits = 0;
         bool used = false;
@@ -420,10 +460,10 @@ inline void angular_powers(const AngularPlan& p, const AngularArrays& w, int m) 
             const double value = 1.0 + lambda * w.cos_theta[b];
             x[b] = value > 0.0 ? value : 0.0;
         }
-        for (int k = 0; k < bits; ++k) {
-            const double* __restrict previous = k == 0 ? x : w.squares + (k - 1) * w.cap;
-            double* __restrict square = w.squares + k * w.cap;
-            for (int b = 0; b < m; ++b) square[b] = k == 0 ? x[b] : previous[b] * previous[b];
+        for (int k = 1; k < bits; ++k) {  // x^(2^k) at squares[k − 1]
+            const double* __restrict previous = k == 1 ? x : w.squares + (k - 2) * w.cap;
+            double* __restrict square = w.squares + (k - 1) * w.cap;
+            for (int b = 0; b < m; ++b) square[b] = previous[b] * previous[b];
         }
         for (int q = 0; q < p.n_powers; ++q) {
             if (p.power_lambda[q] != lambda) continue;
@@ -432,33 +472,41 @@ inline void angular_powers(const AngularPlan& p, const AngularArrays& w, int m) 
             const double scale = p.power_scale[q], dscale = p.power_dscale[q];
             const int e = p.power_exponent[q];
             if (e < 0) {  // non-integer ζ: std::pow (not vectorised)
-                for (int b = 0; b < m; ++b) dP[b] = std::pow(x[b], p.power_zeta[q] - 1.0);
-            } else {
-                for (int b = 0; b < m; ++b) dP[b] = 1.0;
-                for (int k = 0; (e >> k) > 0; ++k) {
-                    if (!((e >> k) & 1)) continue;
-                    const double* __restrict square = w.squares + k * w.cap;
-                    for (int b = 0; b < m; ++b) dP[b] *= square[b];
+                for (int b = 0; b < m; ++b) {
+                    const double xe = std::pow(x[b], p.power_zeta[q] - 1.0);
+                    P[b] = scale * xe * x[b];
+                    dP[b] = dscale * xe;
                 }
+                continue;
             }
-            for (int b = 0; b < m; ++b) {
-                P[b] = scale * dP[b] * x[b];
-                dP[b] *= dscale;
+            const double* factors[6];
+            int n = 0;
+            for (int k = 0; (e >> k) > 0; ++k) {
+                if ((e >> k) & 1) factors[n++] = k == 0 ? x : w.squares + (k - 1) * w.cap;
+            }
+            switch (n) {
+                case 0: power_from_squares<0, pass>(m, factors, x, scale, dscale, P, dP); break;
+                case 1: power_from_squares<1, pass>(m, factors, x, scale, dscale, P, dP); break;
+                case 2: power_from_squares<2, pass>(m, factors, x, scale, dscale, P, dP); break;
+                case 3: power_from_squares<3, pass>(m, factors, x, scale, dscale, P, dP); break;
+                case 4: power_from_squares<4, pass>(m, factors, x, scale, dscale, P, dP); break;
+                case 5: power_from_squares<5, pass>(m, factors, x, scale, dscale, P, dP); break;
+                default: power_from_squares<6, pass>(m, factors, x, scale, dscale, P, dP); break;
             }
         }
     }
 }
 
 // Geometry, distance factors and angular factors of the batch's m entries, in long vector loops.
-MLPOT_SIMD_CLONES
-void batch_factors(const AngularPlan& p, const AngularArrays& w, int m) {
+template <Pass pass>
+MLPOT_ALWAYS_INLINE void batch_factors(const AngularPlan& p, const AngularArrays& w, int m) {
     const double rc2 = p.rc * p.rc;
     if (p.cosine) {
-        pair_geometry<true>(m, w.ux_b, w.uy_b, w.uz_b, w.inv_r_b, w.rjk2, w.ux_a, w.uy_a, w.uz_a,
+        pair_geometry<true, pass>(m, w.ux_b, w.uy_b, w.uz_b, w.inv_r_b, w.rjk2, w.ux_a, w.uy_a, w.uz_a,
                             w.inv_r_a, rc2, p.inv_rc, w.cos_theta, w.c_ra, w.c_rb, w.rjk,
                             w.inv_rjk, w.fcjk, w.dfcjk);
     } else {
-        pair_geometry<false>(m, w.ux_b, w.uy_b, w.uz_b, w.inv_r_b, w.rjk2, w.ux_a, w.uy_a,
+        pair_geometry<false, pass>(m, w.ux_b, w.uy_b, w.uz_b, w.inv_r_b, w.rjk2, w.ux_a, w.uy_a,
                              w.uz_a, w.inv_r_a, rc2, p.inv_rc, w.cos_theta, w.c_ra, w.c_rb,
                              w.rjk, w.inv_rjk, w.fcjk, w.dfcjk);
     }
@@ -466,15 +514,15 @@ void batch_factors(const AngularPlan& p, const AngularArrays& w, int m) {
         const std::size_t qo = static_cast<std::size_t>(p.group_eta_index[g]) * w.cap;
         const std::size_t go = static_cast<std::size_t>(g) * w.cap;
         if (p.group_g4[g]) {
-            g4_factors(m, p.group_eta[g], w.r_a, w.h_b + qo, w.dh_b + qo, w.r_b, w.h_a + qo,
+            g4_factors<pass>(m, p.group_eta[g], w.r_a, w.h_b + qo, w.dh_b + qo, w.r_b, w.h_a + qo,
                        w.dh_a + qo, w.rjk, w.inv_rjk, w.fcjk, w.dfcjk, w.H + go, w.Da + go,
                        w.Db + go, w.Qa + go, w.Qb + go);
         } else {
-            g5_factors(m, w.h_b + qo, w.dh_b + qo, w.h_a + qo, w.dh_a + qo, w.H + go, w.Da + go,
+            g5_factors<pass>(m, w.h_b + qo, w.dh_b + qo, w.h_a + qo, w.dh_a + qo, w.H + go, w.Da + go,
                        w.Db + go, w.Qa + go, w.Qb + go);
         }
     }
-    angular_powers(p, w, m);
+    angular_powers<pass>(p, w, m);
 }
 
 // Index of the unordered species pair (s, t) in the angular block.
@@ -644,22 +692,21 @@ void chain_rule_row(const AngularPlan& p, const AngularArrays& w, int a, const i
 
 // The angular block of one centre: rows in batches of up to cap gathered entries, so that the
 // pair factors are computed in long loops (rows hold only ~10–40 partners each).
-MLPOT_SIMD_CLONES
-void angular_block(const AngularPlan& p, const AngularArrays& w) {
-    const bool full_rows = w.A != nullptr;
+template <Pass pass>
+MLPOT_ALWAYS_INLINE void angular_batches(const AngularPlan& p, const AngularArrays& w) {
     const std::size_t row_entries = w.n + 4 * static_cast<std::size_t>(w.num_species);
     const int S1 = w.num_species + 1;
     for (int a = 0; a < w.n;) {
         const int first_row = a;
         int m = 0;
         while (a < w.n && (a == first_row || m + row_entries <= w.cap)) {
-            m = gather_partners(p, w, a, full_rows ? 0 : a + 1, m,
-                                w.row_run + (a - first_row) * S1);
+            m = gather_partners<pass>(p, w, a, pass == Pass::derivatives ? 0 : a + 1, m,
+                                      w.row_run + (a - first_row) * S1);
             ++a;
         }
         if (m == 0) continue;
-        batch_factors(p, w, m);
-        if (w.W) {
+        batch_factors<pass>(p, w, m);
+        if constexpr (pass == Pass::chain_rule) {
             std::fill(w.b_along, w.b_along + m, 0.0);
             std::fill(w.b_gx, w.b_gx + m, 0.0);
             std::fill(w.b_gy, w.b_gy + m, 0.0);
@@ -667,15 +714,15 @@ void angular_block(const AngularPlan& p, const AngularArrays& w) {
         }
         for (int row = first_row; row < a; ++row) {
             const int* run = w.row_run + (row - first_row) * S1;
-            if (full_rows) {
+            if constexpr (pass == Pass::derivatives) {
                 derivative_row(p, w, row, run);
-            } else if (w.W) {
+            } else if constexpr (pass == Pass::chain_rule) {
                 chain_rule_row(p, w, row, run);
             } else {
                 descriptor_row(p, w, row, run);
             }
         }
-        if (w.W) {
+        if constexpr (pass == Pass::chain_rule) {
             for (int j = 0; j < m; ++j) {
                 const int b = w.partner[j];  // padding adds zeros to the spare slot n
                 w.along[b] += w.b_along[j];
@@ -684,6 +731,28 @@ void angular_block(const AngularPlan& p, const AngularArrays& w) {
                 w.gz[b] += w.b_gz[j];
             }
         }
+    }
+}
+
+MLPOT_SIMD_CLONES void descriptor_block(const AngularPlan& p, const AngularArrays& w) {
+    angular_batches<Pass::descriptors>(p, w);
+}
+
+MLPOT_SIMD_CLONES void derivative_block(const AngularPlan& p, const AngularArrays& w) {
+    angular_batches<Pass::derivatives>(p, w);
+}
+
+MLPOT_SIMD_CLONES void chain_rule_block(const AngularPlan& p, const AngularArrays& w) {
+    angular_batches<Pass::chain_rule>(p, w);
+}
+
+void angular_block(const AngularPlan& p, const AngularArrays& w) {
+    if (w.A) {
+        derivative_block(p, w);
+    } else if (w.W) {
+        chain_rule_block(p, w);
+    } else {
+        descriptor_block(p, w);
     }
 }
 
@@ -1013,7 +1082,7 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     arrays.Qb = take(n_groups);
     arrays.P = take(n_pow);
     arrays.dP = take(n_pow);
-    arrays.squares = take(ladder_bits_);
+    arrays.squares = take(std::max(ladder_bits_ - 1, 0));  // x^(2^k), k ≥ 1
     arrays.G = sized(w.angular_G, n_ang_features);
     std::fill(arrays.G, arrays.G + n_ang_features, 0.0);
     arrays.A = arrays.B = nullptr;
