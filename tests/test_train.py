@@ -6,6 +6,7 @@ Models are tiny PaiNNs, so every training run takes a second or two.
 """
 
 import json
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -174,6 +175,56 @@ def test_batched_predictions_equal_the_ase_calculator(tmp_path):
         forces.append(atoms.get_forces())
     np.testing.assert_allclose(np.concatenate(forces), prediction["forces"].detach().numpy(),
                                atol=1e-10)
+
+
+def test_frames_with_and_without_stress_mix_in_a_batch_and_the_loss(tmp_path):
+    """Frames without a stress (e.g. DFT data without one) and with one (e.g. frames labelled by
+    a classical potential), in one file and one batch: the frames without a stress add nothing to
+    the stress error, its normaliser or its gradient, and still count for energies and forces."""
+    from mlpot.train.loss import Loss, global_counts
+
+    images = make_structures(6, seed=5)
+    for atoms in images[1::2]:   # every other frame loses its stress
+        results = atoms.calc.results
+        atoms.calc = SinglePointCalculator(atoms, energy=results["energy"],
+                                           forces=results["forces"])
+    ase.io.write(tmp_path / "mixed.extxyz", images)
+    config = load_config(None, [f"data.train={tmp_path / 'mixed.extxyz'}", "model.kind=painn"])
+    structures = read_dataset([str(tmp_path / "mixed.extxyz")], config["data"], True).structures
+    assert [s.stress is not None for s in structures] == [True, False] * 3
+    torch.manual_seed(0)
+    model = PaiNN(["Cu", "Au"], **HYPERPARAMETERS).double()
+    graphs = build_graphs(structures, model.species, model.cutoff, torch.float64)
+    stressed = graphs[0::2]
+    loss = Loss({"energy": 1.0, "forces": 10.0, "stress": 100.0, "type": "mse",
+                 "huber_delta": 0.01})
+    stress_only = Loss({"energy": 0.0, "forces": 0.0, "stress": 100.0, "type": "mse",
+                        "huber_delta": 0.01})
+
+    def run(chosen, term_loss):
+        model.zero_grad()
+        batch = collate(chosen, torch.float64)
+        errors = term_loss.errors(predict(model, batch, stress=True, create_graph=True), batch)
+        value = term_loss(errors, global_counts(chosen, True))
+        value.backward()
+        return batch, errors, value, [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                                      for p in model.parameters()]
+
+    batch, errors, value, _ = run(graphs, loss)
+    assert batch.stress_mask.tolist() == [True, False] * 3
+    assert errors["stress"].numel() == 9 * 3 and errors["energy"].numel() == 6
+    assert errors["forces"].numel() == 3 * sum(g.num_atoms for g in graphs)
+    assert global_counts(graphs, True)["stress"] == 27.0
+    _, alone, _, _ = run(stressed, loss)
+    torch.testing.assert_close(errors["stress"], alone["stress"])
+    # the stress term and its gradient are those of the stressed frames alone
+    _, _, mixed_value, mixed_grad = run(graphs, stress_only)
+    _, _, alone_value, alone_grad = run(stressed, stress_only)
+    torch.testing.assert_close(mixed_value, alone_value)
+    for a, b in zip(mixed_grad, alone_grad):
+        torch.testing.assert_close(a, b)
+    # a batch with no stressed frame has no stress term at all
+    assert stress_only(run(graphs[1::2], loss)[1], global_counts(graphs[1::2], True)) is None
 
 
 def test_reference_energies_are_recovered_by_least_squares():
@@ -440,6 +491,34 @@ def test_two_processes_equal_one(tmp_path, data_file):
 
 
 # ----------------------------------------------------------------------------- fine-tuning
+
+
+def test_the_run_folder_config_copy_has_relative_paths(tmp_path):
+    """run/config.yaml records data paths inside the config's folder relative to run/ (no
+    trainer directories), and it loads as is, naming the same files; others stay as given."""
+    import yaml
+
+    (tmp_path / "pot" / "data").mkdir(parents=True)
+    ase.io.write(tmp_path / "pot" / "data" / "train.extxyz", make_structures(12, seed=13))
+    ase.io.write(tmp_path / "outside.extxyz", make_structures(4, seed=14))
+    config = write_config(tmp_path / "pot", "data/train.extxyz", training={"epochs": 1},
+                          output={"directory": "run"},
+                          data={"test": str(tmp_path / "outside.extxyz"),
+                                "split": {"validation": 3, "test": 0}})
+    train(config)
+    copy = yaml.safe_load((tmp_path / "pot" / "run" / "config.yaml").read_text())
+    assert copy["data"]["train"] == ["../data/train.extxyz"]
+    assert copy["output"]["directory"] == "../run"
+    assert copy["data"]["test"] == [str(tmp_path / "outside.extxyz")]
+    again = load_config(tmp_path / "pot" / "run" / "config.yaml")
+    original = load_config(config)
+    for key in ("train", "test"):
+        assert [Path(p).resolve() for p in again["data"][key]] == \
+            [Path(p).resolve() for p in original["data"][key]]
+    assert Path(again["output"]["directory"]).resolve() == (tmp_path / "pot" / "run").resolve()
+    train(config, "--output", tmp_path / "elsewhere")   # outside the config's folder: absolute
+    copy = yaml.safe_load((tmp_path / "elsewhere" / "config.yaml").read_text())
+    assert Path(copy["data"]["train"][0]) == (tmp_path / "pot" / "data" / "train.extxyz").resolve()
 
 
 def test_finetune_from_model_file_adds_a_species(tmp_path, capsys):

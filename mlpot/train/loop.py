@@ -248,6 +248,44 @@ def _portable_path(path: str, folder: Optional[str]) -> str:
         return path
 
 
+def _config_copy(config: Dict, directory: Path, folder: Optional[str]) -> Dict:
+    """The config as used, for ``directory/config.yaml``: its paths that lie inside ``folder``
+    (the config file's folder) are written relative to ``directory``, where the copy lies, so the
+    copy runs as is from there (and from a sibling folder) and records no trainer's directories;
+    others, and all when ``directory`` is outside ``folder``, are kept as given."""
+    from .config import PATH_KEYS
+
+    if folder is None:
+        return config
+    inside = Path(folder).resolve()
+    try:   # an output directory elsewhere (e.g. --output /scratch/run) keeps absolute paths
+        Path(directory).resolve().relative_to(inside)
+    except ValueError:
+        return config
+
+    def relative(path):
+        if path is None:
+            return None
+        if isinstance(path, (list, tuple)):
+            return [relative(p) for p in path]
+        resolved = Path(path).resolve()
+        try:
+            resolved.relative_to(inside)
+        except ValueError:
+            return path
+        return Path(os.path.relpath(resolved, Path(directory).resolve())).as_posix()
+
+    written = copy.deepcopy(config)
+    for section, key in PATH_KEYS:
+        if key in written.get(section, {}):
+            written[section][key] = relative(written[section][key])
+    if written["output"]["directory"] == ".":
+        # "../run" rather than ".": the same folder from here, and the run folder from a sibling
+        # copy (potentials/NAME/training/config.yaml next to potentials/NAME/run)
+        written["output"]["directory"] = f"../{Path(directory).resolve().name}"
+    return written
+
+
 def _provenance(config: Dict, datasets: Dict, indices: Dict, normalisation: Dict,
                 source: Optional[Dict], species: List[str],
                 folder: Optional[str] = None) -> Dict:
@@ -368,8 +406,9 @@ def run_training(config: Dict, context: Context, resume: Optional[str] = None,
             (directory / "splits.json").write_text(json.dumps(split))
             import yaml
 
-            (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False,
-                                                                  allow_unicode=True))
+            (directory / "config.yaml").write_text(yaml.safe_dump(
+                _config_copy(config, directory, config_folder), sort_keys=False,
+                allow_unicode=True))
 
     fingerprint = _data_fingerprint(datasets)
 
