@@ -495,7 +495,8 @@ def test_two_processes_equal_one(tmp_path, data_file):
 
 def test_the_run_folder_config_copy_has_relative_paths(tmp_path):
     """run/config.yaml records data paths inside the config's folder relative to run/ (no
-    trainer directories), and it loads as is, naming the same files; others stay as given."""
+    trainer directories), and it loads and resumes as is, naming the same files; others stay as
+    given."""
     import yaml
 
     (tmp_path / "pot" / "data").mkdir(parents=True)
@@ -516,6 +517,8 @@ def test_the_run_folder_config_copy_has_relative_paths(tmp_path):
         assert [Path(p).resolve() for p in again["data"][key]] == \
             [Path(p).resolve() for p in original["data"][key]]
     assert Path(again["output"]["directory"]).resolve() == (tmp_path / "pot" / "run").resolve()
+    # the copy resumes the run it describes (its paths equal the original's once normalised)
+    train(tmp_path / "pot" / "run" / "config.yaml", "--resume", "--set", "training.epochs=2")
     train(config, "--output", tmp_path / "elsewhere")   # outside the config's folder: absolute
     copy = yaml.safe_load((tmp_path / "elsewhere" / "config.yaml").read_text())
     assert Path(copy["data"]["train"][0]) == (tmp_path / "pot" / "data" / "train.extxyz").resolve()

@@ -9,6 +9,7 @@ docs/training.md is the reference for every key.
 import copy
 import difflib
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -161,6 +162,7 @@ def merge(defaults: Dict, user: Dict, prefix: tuple = ()) -> Dict:
 
 
 def _resolve_paths(config: Dict, folder: Path) -> None:
+    """Paths relative to ``folder`` made absolute, in place."""
     for section, key in PATH_KEYS:
         node = config.get(section)
         if not isinstance(node, dict) or node.get(key) is None:
@@ -170,6 +172,23 @@ def _resolve_paths(config: Dict, folder: Path) -> None:
             node[key] = [str(folder / str(v)) for v in value]
         else:
             node[key] = str(folder / str(value))
+    normalise_paths(config)
+
+
+def normalise_paths(config: Dict) -> Dict:
+    """``a/run/../data/x`` → ``a/data/x`` for the path keys, in place: the run folder's config
+    copy names files relative to itself, and resuming from it must compare equal to the
+    original config's paths."""
+    for section, key in PATH_KEYS:
+        node = config.get(section)
+        if not isinstance(node, dict) or node.get(key) is None:
+            continue
+        value = node[key]
+        if isinstance(value, (list, tuple)):
+            node[key] = [os.path.normpath(str(v)) for v in value]
+        else:
+            node[key] = os.path.normpath(str(value))
+    return config
 
 
 def flatten(config: Dict, prefix: str = "") -> Dict[str, Any]:

@@ -25,7 +25,8 @@ from ..checkpoint import build_model, save_checkpoint
 from ..model_file import DTYPES, export_model, resolve_device
 from . import report
 from .batch import Graph, build_graphs, collate, predict
-from .config import DEFAULTS, RESUMABLE_CHANGES, ConfigError, differences, merge
+from .config import (DEFAULTS, RESUMABLE_CHANGES, ConfigError, differences, merge,
+                     normalise_paths)
 from .data import (DataError, check_species, read_dataset, species_of, split_indices)
 from .distributed import Context, rank_device
 from .ema import EMA
@@ -540,7 +541,7 @@ def export_if_asked(model, output: Dict, directory: Path, metadata: Dict, log) -
 
 def check_resumable(saved: Dict, config: Dict) -> None:
     # Keys added to the config schema after the checkpoint was written take their defaults.
-    changed = [k for k in differences(merge(DEFAULTS, saved), config)
+    changed = [k for k in differences(normalise_paths(merge(DEFAULTS, saved)), config)
                if k not in RESUMABLE_CHANGES]
     if changed:
         raise ConfigError(
