@@ -69,6 +69,13 @@ namespace {
 
 constexpr double PI = 3.141592653589793238462643383279502884;
 
+// Integer ζ up to this use the shared squares (x^(ζ−1) is a product of at most
+// MAX_SQUARE_FACTORS of them); larger or non-integer ζ use std::pow.
+constexpr int MAX_INTEGER_ZETA = 64;
+constexpr int MAX_SQUARE_FACTORS = 6;
+static_assert((1 << MAX_SQUARE_FACTORS) >= MAX_INTEGER_ZETA,
+              "x^(ζ−1) for ζ ≤ MAX_INTEGER_ZETA needs at most MAX_SQUARE_FACTORS squares");
+
 std::string str(double value) {
     std::ostringstream out;
     out.precision(17);
@@ -396,11 +403,11 @@ inline void g4_factors(int m, double eta, const double* __restrict ra,
     for (int b = 0; b < m; ++b) {
         const double ex = exp_nonpositive(-eta * rjk[b] * rjk[b]);
         const double hjk = ex * fcjk[b];
-        const double dhjk = ex * (dfcjk[b] - 2.0 * eta * rjk[b] * fcjk[b]);
         const double hab = ha[b] * hb[b];
-        const double Q = hab * dhjk * inv_rjk[b];
         H[b] = hab * hjk;
         if constexpr (pass == Pass::descriptors) continue;
+        const double dhjk = ex * (dfcjk[b] - 2.0 * eta * rjk[b] * fcjk[b]);
+        const double Q = hab * dhjk * inv_rjk[b];
         Qb[b] = Q * rb[b];
         Da[b] = dha[b] * hb[b] * hjk + Q * ra[b];
         if constexpr (pass != Pass::chain_rule) continue;
@@ -443,7 +450,8 @@ MLPOT_ALWAYS_INLINE void power_from_squares(int m, const double* const* factors,
 }
 
 // P and dP for x = max(1 + λ cos θ, 0) and every power of the set. The squares x^(2^k) are
-// computed once per λ and shared by all integer ζ (ζ ≤ 64: at most 6 factors).
+// computed once per λ and shared by all integer ζ ≤ MAX_INTEGER_ZETA (at most
+// MAX_SQUARE_FACTORS factors).
 template <Pass pass>
 MLPOT_ALWAYS_INLINE void angular_powers(const AngularPlan& p, const AngularArrays& w, int m) {
     for (const double lambda : {1.0, -1.0}) {
@@ -479,7 +487,7 @@ MLPOT_ALWAYS_INLINE void angular_powers(const AngularPlan& p, const AngularArray
                 }
                 continue;
             }
-            const double* factors[6];
+            const double* factors[MAX_SQUARE_FACTORS];
             int n = 0;
             for (int k = 0; (e >> k) > 0; ++k) {
                 if ((e >> k) & 1) factors[n++] = k == 0 ? x : w.squares + (k - 1) * w.cap;
@@ -886,7 +894,7 @@ SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
             if (power_zeta_[q] == f.zeta && power_lambda_[q] == f.lambda) index = q;
         }
         if (index < 0) {
-            const bool is_integer = f.zeta == std::floor(f.zeta) && f.zeta <= 64.0;
+            const bool is_integer = f.zeta == std::floor(f.zeta) && f.zeta <= MAX_INTEGER_ZETA;
             const double scale = std::pow(2.0, 1.0 - f.zeta);
             power_zeta_.push_back(f.zeta);
             power_lambda_.push_back(f.lambda);
@@ -1039,7 +1047,7 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     arrays.partner = sized(w.partner, cap);
     arrays.row_run = sized(w.row_run, std::max<std::size_t>(na, 1) * (num_species_ + 1));
     double* pair_scratch = sized(w.pair_scratch, cap * (25 + 4 * n_eta + 5 * n_groups +
-                                                        2 * n_pow + ladder_bits_));
+                                                        2 * n_pow + std::max(ladder_bits_ - 1, 0)));
     double** next_array = &pair_scratch;
     auto take = [&](std::size_t count) {
         double* begin = *next_array;
