@@ -148,6 +148,8 @@ setup(
     # The top-level potentials/ folder is installed as the package mlpot.potentials.
     packages=find_packages(include=["mlpot", "mlpot.*"]) + ["mlpot.potentials"],
     package_dir={"mlpot.potentials": "potentials"},
-    package_data={"mlpot.potentials": ["*/model.pt", "*/*.md", "*/*.yaml", "*/*.json",
-                                       "*/data/*", "*/training/*", "*/validation/*"]},
+    # make_data.py: each potential's data script ships with it (examples/active_learning imports
+    # the SiC labeller as mlpot.potentials.sic.make_data).
+    package_data={"mlpot.potentials": ["*/model.pt", "*/make_data.py", "*/*.md", "*/*.yaml",
+                                       "*/*.json", "*/data/*", "*/training/*", "*/validation/*"]},
 )
