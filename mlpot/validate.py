@@ -2182,6 +2182,19 @@ def _heavy_pair_name(atoms: Atoms) -> str:
     return f"{heavy[0]}–{heavy[0]}" if len(heavy) == 1 else "heavy-atom"
 
 
+def _comparison_row(name, values, labels, compare, digits, relative=None):
+    """A table row: ``values`` per method, then, with ``compare``, model − compare and (where
+    ``relative`` is not None) their relative difference (``relative=False``: "–")."""
+    cells = [name] + [_fmt(values.get(label), digits) for label in labels]
+    if compare:
+        model, other = values.get("model"), values.get(compare)
+        both = None not in (model, other)
+        cells.append(_fmt(model - other, digits) if both else "–")
+        if relative is not None:
+            cells.append(_rel(model, other) if relative and both else "–")
+    return cells
+
+
 def _write_geometry_section(lines, molecule, minima, cross, reference, settings, start_text):
     title = f"## Minimum-energy geometry: {molecule.label}"
     if not minima:
@@ -2189,16 +2202,13 @@ def _write_geometry_section(lines, molecule, minima, cross, reference, settings,
         return
     labels = list(minima)
     compare = _compared(reference, minima)
-    header = ["", *labels] + ([f"model − {compare}"] if compare and "model" in minima else [])
+    difference = compare if "model" in minima else None
+    header = ["", *labels] + ([f"model − {difference}"] if difference else [])
     pair = _heavy_pair_name(minima[labels[0]]["atoms"])
     distances = {label: heavy_atom_distances(minima[label]["atoms"]) for label in labels}
 
     def row(name, values, digits):
-        cells = [name] + [_fmt(values.get(label), digits) for label in labels]
-        if len(header) > len(labels) + 1:
-            model, other = values.get("model"), values.get(compare)
-            cells.append(_fmt(model - other, digits) if None not in (model, other) else "–")
-        return cells
+        return _comparison_row(name, values, labels, difference, digits)
 
     rows = [row("energy (eV)", {k: minima[k]["energy"] for k in labels}, 4),
             row("largest remaining force (eV/Å)", {k: minima[k]["max_force"] for k in labels}, 4)]
@@ -2281,11 +2291,7 @@ def _write_binding_section(lines, molecule, minima, monomers, binding, reference
     header = ["", *labels] + ([f"model − {compare}", "Δ"] if compare else [])
 
     def row(name, values, digits, relative=True):
-        cells = [name] + [_fmt(values[label], digits) for label in labels]
-        if compare:
-            cells += [_fmt(values["model"] - values[compare], digits),
-                      _rel(values["model"], values[compare]) if relative else "–"]
-        return cells
+        return _comparison_row(name, values, labels, compare, digits, relative)
 
     n = molecule.copies
     kcal = units.kcal / units.mol

@@ -38,7 +38,8 @@ def test_forces_are_energy_gradients(name):
     atoms.calc = calculator
     forces = atoms.get_forces()
     assert np.abs(forces).max() > 1e-2
-    np.testing.assert_allclose(forces, finite_difference_forces(calculator, atoms, step=2.5e-4), atol=1e-6)
+    np.testing.assert_allclose(forces, finite_difference_forces(calculator, atoms, step=2.5e-4),
+                               atol=1e-6)
 
 
 @pytest.mark.parametrize("name", POTENTIALS)

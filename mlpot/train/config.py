@@ -161,34 +161,31 @@ def merge(defaults: Dict, user: Dict, prefix: tuple = ()) -> Dict:
     return result
 
 
-def _resolve_paths(config: Dict, folder: Path) -> None:
-    """Paths relative to ``folder`` made absolute, in place."""
+def map_paths(config: Dict, function) -> Dict:
+    """``function`` applied to every path of ``config`` (``PATH_KEYS``; lists element-wise,
+    absent paths skipped), in place."""
     for section, key in PATH_KEYS:
         node = config.get(section)
         if not isinstance(node, dict) or node.get(key) is None:
             continue
         value = node[key]
         if isinstance(value, (list, tuple)):
-            node[key] = [str(folder / str(v)) for v in value]
+            node[key] = [function(str(v)) for v in value]
         else:
-            node[key] = str(folder / str(value))
-    normalise_paths(config)
+            node[key] = function(str(value))
+    return config
+
+
+def _resolve_paths(config: Dict, folder: Path) -> None:
+    """Paths relative to ``folder`` made absolute (and normalised), in place."""
+    map_paths(config, lambda path: os.path.normpath(str(folder / path)))
 
 
 def normalise_paths(config: Dict) -> Dict:
     """``a/run/../data/x`` → ``a/data/x`` for the path keys, in place: the run folder's config
     copy names files relative to itself, and resuming from it must compare equal to the
     original config's paths."""
-    for section, key in PATH_KEYS:
-        node = config.get(section)
-        if not isinstance(node, dict) or node.get(key) is None:
-            continue
-        value = node[key]
-        if isinstance(value, (list, tuple)):
-            node[key] = [os.path.normpath(str(v)) for v in value]
-        else:
-            node[key] = os.path.normpath(str(value))
-    return config
+    return map_paths(config, os.path.normpath)
 
 
 def flatten(config: Dict, prefix: str = "") -> Dict[str, Any]:

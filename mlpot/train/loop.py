@@ -25,7 +25,7 @@ from ..checkpoint import build_model, save_checkpoint
 from ..model_file import DTYPES, export_model, resolve_device
 from . import report
 from .batch import Graph, build_graphs, collate, predict
-from .config import (DEFAULTS, RESUMABLE_CHANGES, ConfigError, differences, merge,
+from .config import (DEFAULTS, RESUMABLE_CHANGES, ConfigError, differences, map_paths, merge,
                      normalise_paths)
 from .data import (DataError, check_species, read_dataset, species_of, split_indices)
 from .distributed import Context, rank_device
@@ -238,15 +238,19 @@ def _atomic_save(save, path: Path) -> None:
     os.replace(temporary, path)
 
 
+def _relative_inside(path, folder) -> Optional[Path]:
+    """``path`` relative to ``folder`` (both resolved) if it lies inside it, else None."""
+    try:
+        return Path(path).resolve().relative_to(Path(folder).resolve())
+    except ValueError:
+        return None
+
+
 def _portable_path(path: str, folder: Optional[str]) -> str:
     """``path`` relative to ``folder`` (the config file's folder) when it lies inside it, so that a
     shipped model file does not record the trainer's directories; other paths are kept as given."""
-    if folder is None:
-        return path
-    try:
-        return Path(path).resolve().relative_to(Path(folder).resolve()).as_posix()
-    except ValueError:
-        return path
+    inside = None if folder is None else _relative_inside(path, folder)
+    return path if inside is None else inside.as_posix()
 
 
 def _config_copy(config: Dict, directory: Path, folder: Optional[str]) -> Dict:
@@ -254,36 +258,21 @@ def _config_copy(config: Dict, directory: Path, folder: Optional[str]) -> Dict:
     (the config file's folder) are written relative to ``directory``, where the copy lies, so the
     copy runs as is from there (and from a sibling folder) and records no trainer's directories;
     others, and all when ``directory`` is outside ``folder``, are kept as given."""
-    from .config import PATH_KEYS
-
-    if folder is None:
+    # an output directory elsewhere (e.g. --output /scratch/run) keeps absolute paths
+    if folder is None or _relative_inside(directory, folder) is None:
         return config
-    inside = Path(folder).resolve()
-    try:   # an output directory elsewhere (e.g. --output /scratch/run) keeps absolute paths
-        Path(directory).resolve().relative_to(inside)
-    except ValueError:
-        return config
+    here = Path(directory).resolve()
 
     def relative(path):
-        if path is None:
-            return None
-        if isinstance(path, (list, tuple)):
-            return [relative(p) for p in path]
-        resolved = Path(path).resolve()
-        try:
-            resolved.relative_to(inside)
-        except ValueError:
+        if _relative_inside(path, folder) is None:
             return path
-        return Path(os.path.relpath(resolved, Path(directory).resolve())).as_posix()
+        return Path(os.path.relpath(Path(path).resolve(), here)).as_posix()
 
-    written = copy.deepcopy(config)
-    for section, key in PATH_KEYS:
-        if key in written.get(section, {}):
-            written[section][key] = relative(written[section][key])
+    written = map_paths(copy.deepcopy(config), relative)
     if written["output"]["directory"] == ".":
         # "../run" rather than ".": the same folder from here, and the run folder from a sibling
         # copy (potentials/NAME/training/config.yaml next to potentials/NAME/run)
-        written["output"]["directory"] = f"../{Path(directory).resolve().name}"
+        written["output"]["directory"] = f"../{here.name}"
     return written
 
 
