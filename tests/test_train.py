@@ -12,6 +12,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+import yaml
 from ase import units
 from ase.build import bulk
 from ase.calculators.emt import EMT
@@ -66,7 +67,6 @@ def data_file(tmp_path_factory):
 
 
 def write_config(directory, data_file, **sections):
-    import yaml
 
     config = {
         "model": {"kind": "painn", "hyperparameters": dict(HYPERPARAMETERS)},
@@ -497,7 +497,6 @@ def test_the_run_folder_config_copy_has_relative_paths(tmp_path):
     """run/config.yaml records data paths inside the config's folder relative to run/ (no
     trainer directories), and it loads and resumes as is, naming the same files; others stay as
     given."""
-    import yaml
 
     (tmp_path / "pot" / "data").mkdir(parents=True)
     ase.io.write(tmp_path / "pot" / "data" / "train.extxyz", make_structures(12, seed=13))
@@ -539,8 +538,8 @@ def test_finetune_from_model_file_adds_a_species(tmp_path, capsys):
     grown = grow_species(source, ["Cu", "Au"])
     assert grown.species == ["Cu", "Au"]
     cu = read_dataset([str(tmp_path / "cu.extxyz")], load_config(base)["data"], True).structures[:3]
-    before, after = (predict(m, collate(build_graphs(cu, m.species, m.cutoff, torch.float32),
-                                        torch.float32), False, False)["energy"]
+    before, after = (predict(m, collate(build_graphs(cu, m.species, m.cutoff, torch.float64),
+                                        torch.float64), False, False)["energy"]
                      for m in (source, grown))
     torch.testing.assert_close(before, after)  # Cu is unchanged by adding Au
 
@@ -565,6 +564,47 @@ def test_finetune_from_model_file_adds_a_species(tmp_path, capsys):
     assert load_source(str(checkpoint))[0].species == ["Cu"]
     message = fail(tune, "--set", "model.hyperparameters.num_features=4", capsys=capsys)
     assert "fine-tuning keeps the architecture" in message
+
+
+def test_finetune_behler_parrinello_from_model_file(tmp_path, capsys):
+    """A Behler-Parrinello model file is a valid starting point: its weights load (the eager
+    model predicts what the deployed file does) and training goes on; adding a species is
+    refused with the reason."""
+    cu_only = make_structures(10, seed=13, au_fraction=0.0)
+    ase.io.write(tmp_path / "cu.extxyz", cu_only)
+    (tmp_path / "base").mkdir()
+    base = write_config(tmp_path / "base", tmp_path / "cu.extxyz",
+                        training={"epochs": 2}, data={"split": {"validation": 3, "test": 0}})
+    config = yaml.safe_load(base.read_text())
+    config["model"] = {"kind": "behler_parrinello", "hyperparameters": {
+        "symmetry_functions": {"cutoff": 4.0, "radial": [[0.5, 0.0], [1.0, 2.5]],
+                               "angular": [["G4", 0.1, 1.0, 1.0], ["G4", 0.1, 2.0, -1.0]]},
+        "hidden_layers": [8]}}
+    base.write_text(yaml.safe_dump(config))
+    train(base)
+    model_file = tmp_path / "base" / "run" / "model.pt"
+    source, provenance = load_source(str(model_file))
+    assert source.kind == "behler_parrinello" and provenance["type"] == "model file"
+    first = read_dataset([str(tmp_path / "cu.extxyz")], load_config(base)["data"],
+                         True).structures[:1]
+    graph = collate(build_graphs(first, source.species, source.cutoff, torch.float64),
+                    torch.float64)
+    energy = predict(source, graph, False, False)["energy"].item()
+    atoms = cu_only[0].copy()
+    atoms.calc = mlpot.MLPotCalculator(str(model_file))
+    assert energy == pytest.approx(atoms.get_potential_energy(), rel=1e-9)
+
+    (tmp_path / "tune").mkdir()
+    tune = write_config(tmp_path / "tune", tmp_path / "cu.extxyz",
+                        model={"kind": None, "hyperparameters": {}, "init_from": str(model_file)},
+                        training={"epochs": 1}, data={"split": {"validation": 3, "test": 0}})
+    train(tune)
+    tuned = mlpot.read_metadata(tmp_path / "tune" / "run" / "model.pt")
+    assert tuned["model_kind"] == "behler_parrinello"
+    assert tuned["metadata"]["training"]["finetuned_from"]["path"] == str(model_file)
+
+    with pytest.raises(ValueError, match="cannot add species"):
+        grow_species(source, ["Cu", "Au"])
 
 
 def test_kinds_that_cannot_grow_species_are_refused(monkeypatch):

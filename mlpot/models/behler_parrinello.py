@@ -123,6 +123,14 @@ class BehlerParrinello(AtomicEnergyModel):
     def deployable_module(self) -> nn.Module:
         return self.network
 
+    def grow_species(self, species: Sequence[str]) -> "BehlerParrinello":
+        """Refused: a new species adds radial and angular blocks to every atom's descriptor, so
+        the existing networks' inputs change meaning and their weights cannot be kept."""
+        added = sorted(set(species) - set(self.species))
+        raise ValueError(f"a behler_parrinello model cannot add species {added}: each new species "
+                         "adds descriptor blocks that the trained networks have never seen; train "
+                         "a new model with model.species set to all the elements")
+
     @torch.no_grad()
     def set_energy_shift_scale(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
         """Per-species energy offset (eV, e.g. fitted atom reference energies) and scale (eV)."""

@@ -26,34 +26,15 @@ from .data import Labelled, energy_std, fit_reference_energies, force_rms
 def load_source(path: str) -> Tuple[AtomicEnergyModel, Dict]:
     """The trainable model in a model file or checkpoint, and what it was (for provenance)."""
     from ..model_file import ModelFileError, read_metadata
+    from ..models.committee import trainable_model
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"model.init_from: {path!r} does not exist")
     try:
-        record = read_metadata(path)
+        kind, metadata = "model file", read_metadata(path).get("metadata", {})
     except ModelFileError:
-        record = None
-    if record is None:
-        model, state = load_checkpoint(path)
-        return model, {"path": str(path), "type": "checkpoint",
-                       "metadata": state.get("metadata", {})}
-    module = torch.jit.load(str(path), map_location="cpu")
-    model = build_model(record["model_kind"], record["hyperparameters"])
-    model.load_state_dict(_strip_prefix(module.state_dict(), model.state_dict(), path))
-    return model, {"path": str(path), "type": "model file",
-                           "metadata": record.get("metadata", {})}
-
-
-def _strip_prefix(scripted: Dict, target: Dict, path: str) -> Dict:
-    """The scripted module's state with the wrapper's key prefix (e.g. ``model.``) removed."""
-    prefixes = {key[: len(key) - len(name)] for key in scripted for name in target
-                if key.endswith(name)}
-    for prefix in sorted(prefixes, key=len):
-        state = {name: scripted.get(prefix + name) for name in target}
-        if all(value is not None for value in state.values()):
-            return state
-    raise ValueError(f"cannot map the weights of {path!r} onto its model kind; fine-tune from the "
-                     "training checkpoint instead")
+        kind, metadata = "checkpoint", load_checkpoint(path)[1].get("metadata", {})
+    return trainable_model(path), {"path": str(path), "type": kind, "metadata": metadata}
 
 
 def grow_species(model: AtomicEnergyModel, species: Sequence[str]) -> AtomicEnergyModel:
