@@ -291,10 +291,6 @@ class SymmetryFunctionSet:
 
     # -- computing -----------------------------------------------------------------------------
 
-    def kernel(self):
-        """The C++ ``mlpot._kernel.SymmetryFunctions`` object of this set."""
-        return self._kernel
-
     def compute(self, species, edge_index, edge_vectors, centres=None,
                 derivatives: bool = True) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """(descriptors[n_centres, F], dG[n_edges, F, 3] or None) as float64 numpy arrays.

@@ -16,6 +16,7 @@ from ase.neighborlist import neighbor_list
 
 from mlpot.models.painn import PaiNN
 from mlpot.models.radial import BesselBasis, PolynomialEnvelope
+from mlpot.testing import random_orthogonal
 
 torch.set_num_threads(1)
 
@@ -36,14 +37,6 @@ def graph(atoms: Atoms, cutoff: float = CUTOFF, species=SPECIES, dtype=torch.flo
     index = {s: k for k, s in enumerate(species)}
     z = torch.tensor([index[s] for s in atoms.get_chemical_symbols()], dtype=torch.long)
     return z, torch.from_numpy(np.stack([i, j])).long(), torch.from_numpy(d).to(dtype)
-
-
-def random_rotation(rng, proper=True) -> np.ndarray:
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if (np.linalg.det(q) > 0) != proper:
-        q[:, 0] *= -1
-    return q
 
 
 def ethanol() -> Atoms:
@@ -123,7 +116,7 @@ def test_atom_energies_are_e3_invariant(model, structure, proper):
     reference = model(z, edges, vectors)
     assert reference.std() > 0.1  # the test could fail: energies differ between atoms
     for _ in range(3):
-        q = random_rotation(rng, proper)
+        q = random_orthogonal(rng, proper)
         moved = atoms.copy()
         moved.positions = atoms.positions @ q.T + rng.normal(size=3) * 5.0
         moved.cell = atoms.cell.array @ q.T
@@ -143,7 +136,7 @@ def test_atom_energies_are_permutation_equivariant(model):
 def test_vector_features_are_equivariant(model):
     """The l = 1 channels rotate with the structure (not only the read-out is invariant)."""
     atoms = ethanol()
-    q = random_rotation(np.random.default_rng(5))
+    q = random_orthogonal(np.random.default_rng(5), proper=True)
     features = []
     for positions in (atoms.positions, atoms.positions @ q.T):
         z, edges, vectors = graph(Atoms(atoms.symbols, positions))

@@ -55,3 +55,23 @@ class AtomicEnergyModel(torch.nn.Module):
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor,
                 edge_vectors: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+class ShiftScaleModel(AtomicEnergyModel):
+    """A kind whose atom energies are ``energy_shift[z] + energy_scale[z] · network``: training
+    fits both per-species tensors to the data (``mlpot.train.model_setup``), so that the network
+    only learns an O(1) correction. Subclasses provide the two float64 tensors."""
+
+    energy_shift: torch.Tensor
+    energy_scale: torch.Tensor
+
+    @torch.no_grad()
+    def set_energy_shift_scale(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
+        """Per-species energy offset (eV, e.g. fitted atom reference energies) and scale (eV)."""
+        shift, scale = torch.as_tensor(shift), torch.as_tensor(scale)
+        expected = (len(self.species),)
+        if shift.shape != expected or scale.shape != expected:
+            raise ValueError(f"shift and scale need shape {expected} (one value per species), got "
+                             f"{tuple(shift.shape)} and {tuple(scale.shape)}")
+        self.energy_shift.copy_(shift)
+        self.energy_scale.copy_(scale)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..model_file import DeployedModel, deployed_interface
 from ..symmetry_functions import SymmetryFunctionSet, symmetry_function_descriptors
-from .base import AtomicEnergyModel
+from .base import ShiftScaleModel
 
 ACTIVATIONS = {"tanh": nn.Tanh, "silu": nn.SiLU, "softplus": nn.Softplus}
 #: Features whose spread over the data is below this are left unscaled by fit_normalisation.
@@ -65,7 +65,7 @@ class AtomicNetworks(nn.Module):
         return shift[species] + scale[species] * output
 
 
-class BehlerParrinello(AtomicEnergyModel):
+class BehlerParrinello(ShiftScaleModel):
     """Behler–Parrinello model: per-species MLPs on symmetry functions (one "interaction").
 
     ``symmetry_functions``: a :class:`SymmetryFunctionSet` or its dict form; its species must be
@@ -130,17 +130,6 @@ class BehlerParrinello(AtomicEnergyModel):
         raise ValueError(f"a behler_parrinello model cannot add species {added}: each new species "
                          "adds descriptor blocks that the trained networks have never seen; train "
                          "a new model with model.species set to all the elements")
-
-    @torch.no_grad()
-    def set_energy_shift_scale(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
-        """Per-species energy offset (eV, e.g. fitted atom reference energies) and scale (eV)."""
-        shift, scale = torch.as_tensor(shift), torch.as_tensor(scale)
-        expected = (len(self.species),)
-        if shift.shape != expected or scale.shape != expected:
-            raise ValueError(f"shift and scale need shape {expected} (one value per species), got "
-                             f"{tuple(shift.shape)} and {tuple(scale.shape)}")
-        self.network.energy_shift.copy_(shift)
-        self.network.energy_scale.copy_(scale)
 
     @torch.no_grad()
     def fit_normalisation(self, descriptors: torch.Tensor,

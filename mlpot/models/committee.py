@@ -42,6 +42,20 @@ from .behler_parrinello import DescriptorDeployedModel
 MEMBER_OUTPUTS = ["member_energies", "member_atom_energies", "member_edge_gradients"]
 #: Exported method of a descriptor-interface committee module.
 DESCRIPTOR_MEMBER_METHOD = "member_atom_energies"
+#: What front ends compute from a committee file (recorded in its metadata ``outputs``).
+COMMITTEE_OUTPUTS = ["energy", "forces", "virial", "atom_energies", "atom_virial", "uncertainty"]
+
+
+def committee_outputs(member_energies: torch.Tensor, member_atom_energies: torch.Tensor,
+                      member_edge_gradients: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """A committee's outputs from its members' (every committee form returns these): the
+    committee is the members' mean. Scripted into edge-gradient committee files."""
+    atom_energies = member_atom_energies.mean(0)
+    return {"energy": atom_energies.sum(), "atom_energies": atom_energies,
+            "edge_gradient": member_edge_gradients.mean(0),
+            "member_energies": member_energies,
+            "member_atom_energies": member_atom_energies,
+            "member_edge_gradients": member_edge_gradients}
 
 
 class CommitteeEdgeGradientModel(nn.Module):
@@ -67,15 +81,8 @@ class CommitteeEdgeGradientModel(nn.Module):
             energies.append(energy.detach())
             atom_energies.append(member_atom_energies.detach())
             gradients.append(gradient)
-        member_energies = torch.stack(energies)
-        member_atom_energies = torch.stack(atom_energies)
-        member_edge_gradients = torch.stack(gradients)
-        mean_atom_energies = member_atom_energies.mean(0)
-        return {"energy": mean_atom_energies.sum(), "atom_energies": mean_atom_energies,
-                "edge_gradient": member_edge_gradients.mean(0),
-                "member_energies": member_energies,
-                "member_atom_energies": member_atom_energies,
-                "member_edge_gradients": member_edge_gradients}
+        return committee_outputs(torch.stack(energies), torch.stack(atom_energies),
+                                 torch.stack(gradients))
 
 
 class CommitteeDescriptorModel(nn.Module):
@@ -138,8 +145,7 @@ class Committee(AtomicEnergyModel):
             committee["member_outputs"] = list(MEMBER_OUTPUTS)
         else:
             committee["member_method"] = DESCRIPTOR_MEMBER_METHOD
-        record["outputs"] = ["energy", "forces", "virial", "atom_energies", "atom_virial",
-                             "uncertainty"]
+        record["outputs"] = list(COMMITTEE_OUTPUTS)
         record["committee"] = committee
         return record
 
@@ -260,28 +266,14 @@ def calibration_of_files(path: Union[str, Path], paths: Sequence[Union[str, Path
     return calibration
 
 
-class CommitteeMixin:
-    """What every deployed committee offers besides the outputs of ``__call__``."""
-
-    metadata: Dict
-
-    @property
-    def num_members(self) -> int:
-        return int(self.metadata["committee"]["members"])
-
-    @property
-    def calibration(self) -> Optional[Dict]:
-        return (self.metadata.get("committee") or {}).get("calibration")
-
-
 @deployed_interface("edge_gradient", committee=True)
-class DeployedEdgeGradientCommittee(CommitteeMixin, DeployedModel):
+class DeployedEdgeGradientCommittee(DeployedModel):
     """A one-file committee of an edge-gradient kind: the scripted module returns the member
     outputs itself (``DeployedModel.__call__`` passes them on)."""
 
 
 @deployed_interface("descriptor", committee=True)
-class DeployedDescriptorCommittee(CommitteeMixin, DescriptorDeployedModel):
+class DeployedDescriptorCommittee(DescriptorDeployedModel):
     """A one-file committee of a descriptor kind: kernel descriptors once, each member's network
     and dE_k/dG, the kernel's chain rule per member; the mean is the members' mean."""
 
@@ -299,17 +291,11 @@ class DeployedDescriptorCommittee(CommitteeMixin, DescriptorDeployedModel):
                                                retain_graph=k + 1 < count, allow_unused=True)
                 gradients.append(chain_rule(torch.zeros_like(descriptors) if dE_dG is None
                                             else dE_dG))
-        member_edge_gradients = torch.stack(gradients)
-        member_atom_energies = member_atom_energies.detach()
-        atom_energies = member_atom_energies.mean(0)
-        return {"energy": atom_energies.sum(), "atom_energies": atom_energies,
-                "edge_gradient": member_edge_gradients.mean(0),
-                "member_energies": member_energies.detach(),
-                "member_atom_energies": member_atom_energies,
-                "member_edge_gradients": member_edge_gradients}
+        return committee_outputs(member_energies.detach(), member_atom_energies.detach(),
+                                 torch.stack(gradients))
 
 
-class DeployedCommittee(CommitteeMixin, DeployedModel):
+class DeployedCommittee(DeployedModel):
     """Several loaded model files run as one committee (``load_committee``): each member is
     evaluated in turn and the outputs are those of a one-file committee."""
 
@@ -342,8 +328,7 @@ class DeployedCommittee(CommitteeMixin, DeployedModel):
             "model_kind": "committee",
             "num_interactions": max(int(m.metadata["num_interactions"]) for m in members),
             "interaction_range": max(float(m.metadata["interaction_range"]) for m in members),
-            "outputs": ["energy", "forces", "virial", "atom_energies", "atom_virial",
-                        "uncertainty"],
+            "outputs": list(COMMITTEE_OUTPUTS),
             "committee": {"members": len(members),
                           "member_kind": kinds[0] if len(set(kinds)) == 1 else kinds,
                           "files": paths},
@@ -359,15 +344,10 @@ class DeployedCommittee(CommitteeMixin, DeployedModel):
     def __call__(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
                  n_local: int, positions: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         outputs = [m(species, edge_index, edge_vectors, n_local, positions) for m in self.members]
-        member_energies = torch.stack([o["energy"].detach() for o in outputs])
-        member_atom_energies = torch.stack([o["atom_energies"].detach() for o in outputs])
-        member_edge_gradients = torch.stack([o["edge_gradient"].detach() for o in outputs])
-        atom_energies = member_atom_energies.mean(0)
-        return {"energy": atom_energies.sum(), "atom_energies": atom_energies,
-                "edge_gradient": member_edge_gradients.mean(0),
-                "member_energies": member_energies,
-                "member_atom_energies": member_atom_energies,
-                "member_edge_gradients": member_edge_gradients}
+        energies, atom_energies, gradients = (torch.stack([o[key].detach() for o in outputs])
+                                              for key in ("energy", "atom_energies",
+                                                          "edge_gradient"))
+        return committee_outputs(energies, atom_energies, gradients)
 
 
 def load_committee(paths: Union[str, Path, Sequence[Union[str, Path]]],

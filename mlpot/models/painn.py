@@ -13,7 +13,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from .base import AtomicEnergyModel
+from .base import ShiftScaleModel
 from .radial import BesselBasis, PolynomialEnvelope, safe_norm
 
 
@@ -85,7 +85,7 @@ class PaiNNInteraction(nn.Module):
         return self.update(s, v)
 
 
-class PaiNN(AtomicEnergyModel):
+class PaiNN(ShiftScaleModel):
     """E(3)-invariant atom energies from equivariant scalar + vector message passing.
 
     ``E_i = shift[z_i] + scale[z_i] · readout(s_i)``; ``shift`` and ``scale`` are per-species
@@ -125,18 +125,6 @@ class PaiNN(AtomicEnergyModel):
             "num_radial": self.num_radial,
             "envelope_exponent": self.envelope_exponent,
         }
-
-    @torch.no_grad()
-    def set_energy_shift_scale(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
-        """Per-species energy offset (eV, e.g. fitted atom reference energies) and scale (eV)."""
-        shift = torch.as_tensor(shift)
-        scale = torch.as_tensor(scale)
-        expected = (len(self.species),)
-        if shift.shape != expected or scale.shape != expected:
-            raise ValueError(f"shift and scale need shape {expected} (one value per species), got "
-                             f"{tuple(shift.shape)} and {tuple(scale.shape)}")
-        self.energy_shift.copy_(shift)
-        self.energy_scale.copy_(scale)
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor,
                 edge_vectors: torch.Tensor) -> torch.Tensor:

@@ -21,10 +21,9 @@ from ..model_file import DTYPES, resolve_device
 from . import report
 from .batch import build_graphs
 from .config import ConfigError
-from .data import read_dataset
 from .distributed import Context, rank_device
 from .loop import CHECKPOINT_DIR, Trainer, _atomic_save, _split, _to_training_dtype
-from .loop import check_resumable, export_if_asked, run_training
+from .loop import check_resumable, export_if_asked, read_datasets, rmse_summary, run_training
 
 
 def member_config(config: Dict, k: int) -> Dict:
@@ -113,12 +112,7 @@ def _finish(config: Dict, members, directory: Path, log) -> Dict:
     }
     for key in [k for k in metadata if k.endswith("_rmse")]:
         del metadata[key]
-    shown = "test" if "test" in metrics else "validation" if "validation" in metrics else "train"
-    m = metrics[shown]
-    errors = [f"{term} {m[f'{term}_rmse'] * factor:.3g} {unit}"
-              for term, (unit, factor) in report.DISPLAY.items() if f"{term}_rmse" in m]
-    metadata[f"{shown}_rmse"] = (", ".join(errors) + f" ({m['structures']} structures, "
-                                 f"committee mean of {len(models)})")
+    metadata.update(rmse_summary(metrics, f", committee mean of {len(models)}"))
 
     _atomic_save(lambda p: save_checkpoint(committee, p, metadata=metadata, config=config),
                  directory / CHECKPOINT_DIR / "best.pt")
@@ -132,12 +126,7 @@ def _finish(config: Dict, members, directory: Path, log) -> Dict:
 
 def committee_metrics(committee, config: Dict, device, dtype) -> Dict:
     """Errors of the committee mean on the (full, not resampled) train, validation, test sets."""
-    data = config["data"]
-    need_forces = config["training"]["loss"]["forces"] > 0
-    datasets = {"train": read_dataset(data["train"], data, need_forces),
-                "validation": read_dataset(data["validation"], data, need_forces)
-                if data["validation"] else None,
-                "test": read_dataset(data["test"], data, need_forces) if data["test"] else None}
+    datasets = read_datasets(config)
     sets, _ = _split(config, datasets["train"], datasets["validation"], datasets["test"])
     graphs = {name: build_graphs(structures, committee.species, committee.cutoff, dtype)
               for name, structures in sets.items()}

@@ -77,14 +77,6 @@ class Context:
         if self.active:
             dist.barrier()
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank if ``flag`` is true on any (e.g. to stop together)."""
-        if not self.active:
-            return flag
-        value = torch.tensor([1.0 if flag else 0.0])
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item() > 0)
-
 
 def from_environment(device: str = "cpu") -> Context:
     """A context for the process group torchrun (or ``spawn``) described in the environment."""

@@ -30,10 +30,6 @@ class EMA:
         for average, value in zip(self.model.buffers(), model.buffers()):
             average.copy_(value)
 
-    @torch.no_grad()
-    def reset(self, model: torch.nn.Module) -> None:
-        self.model.load_state_dict(model.state_dict())
-
     def state_dict(self) -> Dict:
         return {"decay": self.decay, "updates": self.updates, "model": self.model.state_dict()}
 

@@ -232,6 +232,15 @@ def _split(config: Dict, train_set, validation_set, test_set):
     return sets, indices
 
 
+def read_datasets(config: Dict) -> Dict:
+    """The data sets that ``data.train``/``validation``/``test`` name (None where none is named);
+    with a force loss, every structure must have forces."""
+    data = config["data"]
+    need_forces = config["training"]["loss"]["forces"] > 0
+    return {name: read_dataset(data[name], data, need_forces) if data[name] else None
+            for name in ("train", "validation", "test")}
+
+
 def _atomic_save(save, path: Path) -> None:
     temporary = path.with_suffix(path.suffix + ".tmp")
     save(temporary)
@@ -338,12 +347,8 @@ def run_training(config: Dict, context: Context, resume: Optional[str] = None,
         checkpoints.mkdir(parents=True, exist_ok=True)
 
     # data
-    need_forces = training["loss"]["forces"] > 0
     data = config["data"]
-    datasets = {"train": read_dataset(data["train"], data, need_forces),
-                "validation": read_dataset(data["validation"], data, need_forces)
-                if data["validation"] else None,
-                "test": read_dataset(data["test"], data, need_forces) if data["test"] else None}
+    datasets = read_datasets(config)
     everything = [s for ds in datasets.values() if ds for s in ds.structures]
 
     # model
@@ -504,17 +509,23 @@ def _finish(trainer: Trainer, graphs: Dict[str, List[Graph]], metadata: Dict, co
     metadata["training"]["epochs"] = trainer.epoch
     metadata["training"]["best_epoch"] = trainer.best["epoch"]
     metadata["training"]["metrics"] = metrics
-    shown = "test" if "test" in metrics else "validation" if "validation" in metrics else "train"
-    m = metrics[shown]
-    errors = [f"{term} {m[f'{term}_rmse'] * factor:.3g} {unit}"
-              for term, (unit, factor) in report.DISPLAY.items() if f"{term}_rmse" in m]
-    metadata[f"{shown}_rmse"] = ", ".join(errors) + f" ({m['structures']} structures)"
+    metadata.update(rmse_summary(metrics))
     save_best(model, metadata)
     result = {"metrics": metrics, "metadata": metadata}
     exported = export_if_asked(model, output, directory, metadata, log)
     if exported:
         result["export"] = exported
     return result
+
+
+def rmse_summary(metrics: Dict, note: str = "") -> Dict[str, str]:
+    """The model file's one-line error record, ``{"<set>_rmse": text}``, on the most independent
+    set evaluated (test, else validation, else train); ``note`` is added to the brackets."""
+    shown = "test" if "test" in metrics else "validation" if "validation" in metrics else "train"
+    m = metrics[shown]
+    errors = [f"{term} {m[f'{term}_rmse'] * factor:.3g} {unit}"
+              for term, (unit, factor) in report.DISPLAY.items() if f"{term}_rmse" in m]
+    return {f"{shown}_rmse": ", ".join(errors) + f" ({m['structures']} structures{note})"}
 
 
 def export_if_asked(model, output: Dict, directory: Path, metadata: Dict, log) -> str:

@@ -19,7 +19,6 @@ FIELDS = ["energy_n", "energy_abs", "energy_sq", "energy_rho",
           "forces_n", "forces_abs", "forces_sq", "forces_rho",
           "stress_n", "stress_abs", "stress_sq", "stress_rho"]
 TERMS = ("energy", "forces", "stress")
-UNITS = {"energy": "eV/atom", "forces": "eV/Å", "stress": "eV/Å³"}
 
 
 class Loss:

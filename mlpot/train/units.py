@@ -85,32 +85,30 @@ def conversion_factors(units: Dict) -> Dict[str, float]:
     energy, length = _energy(energy_unit), _length(length_unit)
     factors = {"energy": energy, "length": length, "forces": energy / length,
                "stress": energy / length**3}
-    stated = (_key(energy_unit), _key(length_unit))
-
-    forces_unit = units.get("forces")
-    if forces_unit is not None:
-        parts = _split_derived(forces_unit, 1)
-        if parts is None:
-            raise UnitError(f"forces unit {forces_unit!r} is not of the form <energy>/<length>, "
-                            "e.g. eV/Å, Hartree/Bohr, kcal/mol/Å")
-        if parts != stated and (ENERGY[parts[0]], LENGTH[parts[1]]) != (energy, length):
-            raise UnitError(
-                f"inconsistent units: energies in {energy_unit} and lengths in {length_unit}, but "
-                f"forces in {forces_unit}; forces must be {energy_unit}/{length_unit} (convert the "
-                "data, or correct data.units)")
-
+    if units.get("forces") is not None:
+        _check_derived("forces", units["forces"], 1, energy_unit, length_unit,
+                       "of the form <energy>/<length>, e.g. eV/Å, Hartree/Bohr, kcal/mol/Å")
     stress_unit = units.get("stress")
     if stress_unit is not None:
         if _key(stress_unit) in PRESSURE:
             factors["stress"] = PRESSURE[_key(stress_unit)]
         else:
-            parts = _split_derived(stress_unit, 3)
-            if parts is None:
-                raise UnitError(f"stress unit {stress_unit!r} is not <energy>/<length>^3 "
-                                "(e.g. eV/Å^3) nor one of GPa, kbar, bar")
-            if parts != stated and (ENERGY[parts[0]], LENGTH[parts[1]]) != (energy, length):
-                raise UnitError(
-                    f"inconsistent units: energies in {energy_unit} and lengths in {length_unit}, "
-                    f"but stress in {stress_unit}; use {energy_unit}/{length_unit}^3 or GPa/kbar "
-                    "(or correct data.units)")
+            _check_derived("stress", stress_unit, 3, energy_unit, length_unit,
+                           "<energy>/<length>^3 (e.g. eV/Å^3) nor one of GPa, kbar, bar",
+                           " or GPa/kbar")
     return factors
+
+
+def _check_derived(name: str, unit: str, power: int, energy_unit: str, length_unit: str,
+                   form: str, alternatives: str = "") -> None:
+    """A stated forces or stress unit must be energy/length^power in the stated units (or the
+    same factor): a contradiction is refused rather than silently converted."""
+    parts = _split_derived(unit, power)
+    if parts is None:
+        raise UnitError(f"{name} unit {unit!r} is not {form}")
+    if (ENERGY[parts[0]], LENGTH[parts[1]]) != (_energy(energy_unit), _length(length_unit)):
+        expected = f"{energy_unit}/{length_unit}" + ("" if power == 1 else f"^{power}")
+        raise UnitError(
+            f"inconsistent units: energies in {energy_unit} and lengths in {length_unit}, but "
+            f"{name} in {unit}; use {expected}{alternatives} (convert the data, or correct "
+            "data.units)")
