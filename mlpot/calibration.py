@@ -179,13 +179,15 @@ def calibrate(model: Union[str, Path, Sequence[Union[str, Path]]], data: Sequenc
 
 
 def add_arguments(parser) -> None:
+    from .cli import bounded
+
     parser.add_argument("model", nargs="+",
                         help="a committee file, or several member model files (merged into one "
                              "committee file)")
     parser.add_argument("--data", nargs="+", required=True,
                         help="held-out calibration structures with reference forces (eV/Å), "
                              "not used in training")
-    parser.add_argument("--coverage", type=float, default=0.9,
+    parser.add_argument("--coverage", type=bounded(float, 0, 1, strict=True), default=0.9,
                         help="fraction of atoms whose force error the calibrated deviation must "
                              "bound (default 0.9)")
     parser.add_argument("--output", required=True, help="calibrated committee file to write "

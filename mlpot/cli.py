@@ -2,7 +2,88 @@
 
 import argparse
 import json
+import math
 import sys
+from pathlib import Path
+
+
+class CommandFailed(Exception):
+    """A command that ran to the end but did not succeed (e.g. parts of a validation report
+    failed): exit code 1 and the message, instead of 0 that scripts would take for success."""
+
+
+def bounded(kind: type, low: float, high: float = math.inf, strict: bool = False):
+    """An argparse ``type``: a finite ``kind`` (int or float) in [low, high], or in (low, high)
+    when ``strict``. A bad value is then refused by its option name before any work, instead of
+    surfacing mid-run (a negative time step as a numpy casting error, a negative step count as a
+    silent no-op)."""
+    noun = "an integer" if kind is int else "a number"
+    lower, upper = (">", "<") if strict else ("≥", "≤")
+    wanted = f"{noun} {lower} {low:g}" + (f" and {upper} {high:g}" if high < math.inf else "")
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+        inside = low < value < high if strict else low <= value <= high
+        if not (math.isfinite(value) and inside):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+def model_file(text: str) -> Path:
+    """The model file a command-line argument names: a file, or a shipped potential's name.
+
+    A missing file is reported as such, not as an unknown shipped name (and vice versa)."""
+    from .potentials import SHIPPED, potential_path
+
+    path = Path(text)
+    if path.is_file():
+        return path
+    if text.lower() in (name.lower() for name in SHIPPED):
+        return potential_path(text)
+    if path.exists():
+        raise ValueError(f"{text!r} is a folder, not a model file; give the model file in it")
+    shipped = ", ".join(SHIPPED)
+    if path.suffix or path.name != text:  # model.pt, dir/model: meant as a file
+        raise FileNotFoundError(f"model file {text!r} does not exist; check the path (or name a "
+                                f"shipped potential: {shipped})")
+    raise ValueError(f"{text!r} is neither a model file nor a shipped potential; give a model "
+                     f"file or one of: {shipped}")
+
+
+def read_structures(path, what: str, index=":"):
+    """``ase.io.read`` of a file named on the command line, with a clear error naming ``what``
+    and the file when it is missing, unreadable (ASE's readers raise OSError, ValueError,
+    KeyError, ... for a malformed file) or holds no atoms."""
+    import ase.io
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist or is not a file")
+    try:
+        images = ase.io.read(str(path), index=index)
+    except Exception as error:  # noqa: BLE001 (any parser error means: not a readable file)
+        raise ValueError(f"cannot read {what} {str(path)!r} ({type(error).__name__}: "
+                         f"{str(error).strip()}); give a structure file ASE reads, e.g. extxyz "
+                         "(the format is taken from the file extension)") from error
+    frames = images if isinstance(images, list) else [images]
+    if not frames or not all(len(atoms) for atoms in frames):
+        raise ValueError(f"{what} {str(path)!r} holds no atoms")
+    return images
+
+
+def output_folder(path) -> Path:
+    """``--out`` as a folder to create (later, once the input is checked); an existing file
+    there is a clear error instead of a FileExistsError after the work."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {str(folder)!r} is an existing file, not a folder; give a "
+                         "folder name (it is created)")
+    return folder
 
 
 def _info(args):
@@ -102,7 +183,8 @@ def build_parser():
 
     from . import md
 
-    md_parser = commands.add_parser("md", help="short MD run with a shipped potential")
+    md_parser = commands.add_parser("md", help="short MD run with a shipped potential or a "
+                                    "model file")
     md.add_arguments(md_parser)
     md_parser.set_defaults(run=md.run)
 
@@ -114,11 +196,28 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def _input_errors():
+    """What bad input raises: ValueError (mlpot's own checks), OSError (files: missing,
+    unreadable, in the way) and the errors of ASE's file readers."""
+    from ase.io import ParseError
+    from ase.io.formats import UnknownFileTypeError
+
+    return ValueError, OSError, ParseError, UnknownFileTypeError
+
+
+def main(argv=None) -> int:
+    """Run a command; the exit status: 0 success, 1 the command failed (it says what), 2 bad
+    input (usage errors, from argparse, included), printed without a traceback."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # argparse: --help (0) or a usage error it has printed (2)
+        return exit.code
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except CommandFailed as error:
+        print(f"mlpot {args.command}: {error}", file=sys.stderr)
+        return 1
+    except _input_errors() as error:
         print(f"mlpot {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

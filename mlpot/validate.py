@@ -61,11 +61,8 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 #: eV → THz (E = h ν)
 EV_TO_THZ = units._e / units._hplanck / 1e12
-#: 1 bar in eV/Å³ (LAMMPS metal pressure unit)
-BAR = 1e5 / units._e * 1e-30
-#: 1 bar in eV/Å³ with the exact (SI 2019) elementary charge: ``LAMMPSLabeller`` keeps the
-#: constant the shipped data sets were labelled with (BAR differs by 1e-8 relative)
-BAR_SI = 1e5 / 1.602176634e-19 * 1e-30
+#: 1 bar (LAMMPS metal pressure unit) = 1e5 Pa, in eV/Å³
+BAR = 1e5 * units.Pascal
 
 
 # ------------------------------------------------------------------------------------------
@@ -96,6 +93,11 @@ class Crystal:
     def label(self) -> str:
         return f"{self.structure} {self.formula}"
 
+
+#: the structures ``ase.build.bulk`` builds as a cubic cell without internal parameters (what
+#: ``Crystal`` supports: the E–V scan and strains act on the cubic lattice constant alone)
+CUBIC_STRUCTURES = ("sc", "fcc", "bcc", "diamond", "zincblende", "rocksalt", "cesiumchloride",
+                    "fluorite")
 
 #: the crystal that a model's species set is validated on
 KNOWN_CRYSTALS = {
@@ -137,10 +139,24 @@ KNOWN_MOLECULES = {frozenset({"H", "O"}): Molecule("water trimer (H2O)3", _water
 def parse_crystal(text: str) -> Crystal:
     """``FORMULA:STRUCTURE:A[:T]``, e.g. ``SiC:zincblende:4.36:1500``."""
     parts = text.split(":")
+    usage = f"--crystal wants FORMULA:STRUCTURE:A[:T], e.g. Si:diamond:5.43, got {text!r}"
     if len(parts) not in (3, 4):
-        raise ValueError(f"--crystal wants FORMULA:STRUCTURE:A[:T], got {text!r}")
-    temperature = float(parts[3]) if len(parts) == 4 else 1000.0
-    return Crystal(parts[0], parts[1], float(parts[2]), temperature)
+        raise ValueError(usage)
+    if parts[1] not in CUBIC_STRUCTURES:
+        raise ValueError(f"--crystal {text!r}: unknown structure {parts[1]!r}; use one of "
+                         f"{', '.join(CUBIC_STRUCTURES)}")
+    try:
+        numbers = [float(part) for part in parts[2:]]
+    except ValueError:
+        raise ValueError(f"{usage} (A in Å, T in K: numbers)") from None
+    if not all(math.isfinite(x) and x > 0 for x in numbers):
+        raise ValueError(f"--crystal {text!r}: the lattice constant and temperature must be > 0")
+    crystal = Crystal(parts[0], parts[1], *numbers)
+    try:  # the formula must fit the structure (zincblende: two elements, ...)
+        crystal.conventional()
+    except (ValueError, KeyError) as error:
+        raise ValueError(f"--crystal {text!r}: {error}") from None
+    return crystal
 
 
 # ------------------------------------------------------------------------------------------
@@ -419,7 +435,7 @@ class LAMMPSLabeller:
         pxx, pyy, pzz, pxy, pxz, pyz = np.array(virial, dtype=float)
         rotation = prism.rot_mat
         pressure = np.array([[pxx, pxy, pxz], [pxy, pyy, pyz], [pxz, pyz, pzz]])
-        stress = -rotation @ pressure @ rotation.T * BAR_SI
+        stress = -rotation @ pressure @ rotation.T * BAR
         atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, stress=stress)
         return atoms
 
@@ -618,10 +634,11 @@ def parse_reference(text: str) -> Reference:
 # the property functions: each takes any ASE calculator
 
 
-def read_frames(path) -> List[Atoms]:
-    from ase.io import read
+def read_frames(path, what: str = "test set") -> List[Atoms]:
+    """All structures of a data file; a missing or unreadable one is a clear ValueError."""
+    from .cli import read_structures
 
-    return read(str(path), index=":")
+    return read_structures(path, what)
 
 
 def dataset_errors(calc: Calculator, frames: Sequence[Atoms], remove_offset: bool = False) -> Dict:
@@ -692,8 +709,6 @@ def equation_of_state(calc: Calculator, crystal: Crystal, a_guess: Optional[floa
     pass, both are returned for plots. Volumes and energies are per atom. Cubic crystals
     without internal parameters only.
     """
-    from ase.eos import EquationOfState
-
     all_volumes, all_energies = [], []
 
     def scan(a: float, width: float):
@@ -723,13 +738,21 @@ def equation_of_state(calc: Calculator, crystal: Crystal, a_guess: Optional[floa
     if np.argmin(energies) in (0, points - 1):
         raise ValueError(f"E–V minimum near a = {a:.4f} Å is not resolved by a ±{span / 3:.1%} "
                          "scan (a kink or a very flat curve)")
+    order = np.argsort(all_volumes)
+    return {**birch_murnaghan(volumes, energies, crystal),
+            "volumes": np.array(all_volumes)[order], "energies": np.array(all_energies)[order]}
+
+
+def birch_murnaghan(volumes: np.ndarray, energies: np.ndarray, crystal: Crystal) -> Dict:
+    """Lattice constant a0 (Å), bulk modulus B (GPa), E0 and V0 of a Birch–Murnaghan fit to
+    per-atom volumes and energies of ``crystal``."""
+    from ase.eos import EquationOfState
+
     with contextlib.redirect_stdout(io.StringIO()), _quiet_warnings():
         v0, e0, b = EquationOfState(volumes, energies, eos="birchmurnaghan").fit()
     per_cell = len(crystal.conventional())
-    order = np.argsort(all_volumes)
     return {"a0": float((v0 * per_cell) ** (1 / 3)), "B": float(b / units.GPa), "E0": float(e0),
-            "V0": float(v0), "volumes": np.array(all_volumes)[order],
-            "energies": np.array(all_energies)[order]}
+            "V0": float(v0)}
 
 
 @contextlib.contextmanager
@@ -1136,8 +1159,6 @@ def _composition(atoms: Atoms) -> Tuple:
 def data_equation_of_state(frames: Sequence[Atoms], crystal: Crystal) -> Optional[Dict]:
     """E–V fit (Birch–Murnaghan) of reference-labelled frames of the ideal crystal, if ≥ 5
     distinct volumes bracket a minimum."""
-    from ase.eos import EquationOfState
-
     matches = crystal_frames_in_data(frames, crystal)
     if len(matches) < 5:
         return None
@@ -1147,11 +1168,8 @@ def data_equation_of_state(frames: Sequence[Atoms], crystal: Crystal) -> Optiona
     volumes, energies = volumes[order], energies[order]
     if len(np.unique(np.round(volumes, 3))) < 5 or np.argmin(energies) in (0, len(volumes) - 1):
         return None
-    with contextlib.redirect_stdout(io.StringIO()), _quiet_warnings():
-        v0, e0, b = EquationOfState(volumes, energies, eos="birchmurnaghan").fit()
-    per_cell = len(crystal.conventional())
-    return {"a0": float((v0 * per_cell) ** (1 / 3)), "B": float(b / units.GPa), "E0": float(e0),
-            "volumes": volumes, "energies": energies, "frames": len(matches)}
+    return {**birch_murnaghan(volumes, energies, crystal), "volumes": volumes,
+            "energies": energies, "frames": len(matches)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -1536,6 +1554,12 @@ def choose_system(species: Sequence[str], frames: Sequence[Atoms], reference: Re
                else "the test set holds molecules (no periodic cell)")
         raise ValueError(f"{why}: crystal properties (lattice and elastic constants, phonons, "
                          "RDF) do not apply to a molecule; leave out --crystal")
+    if crystal is not None:
+        missing = sorted(set(crystal.conventional().get_chemical_symbols()) - key)
+        if missing:
+            raise ValueError(f"--crystal {crystal.formula}:{crystal.structure}: element(s) "
+                             f"{', '.join(missing)} not in the model's species "
+                             f"{' '.join(species)}; give a crystal of the model's elements")
     if reference.molecular or molecular_data or (
             crystal is None and key in KNOWN_MOLECULES and key not in KNOWN_CRYSTALS):
         return KNOWN_MOLECULES.get(key)
@@ -1640,7 +1664,7 @@ def _crystal_sections(report: Report, model: Method, reference: Reference, cryst
                                   calc, crystal, eos[method.label]["a0"])))
         data_eos = None
         if reference.data_eos:
-            frames = [frame for path in data_paths for frame in read_frames(path)]
+            frames = [frame for path in data_paths for frame in read_frames(path, "data file")]
             data_eos = data_equation_of_state(frames, crystal)
         report.results.update(eos=eos, elastic=elastic, data_eos=data_eos)
         if eos or data_eos:
@@ -2377,7 +2401,12 @@ def _write_speed_section(lines, speed, settings, system_text):
 
 
 def add_arguments(parser):
-    parser.add_argument("model", help="model file (mlpot export) or a shipped potential name")
+    from .cli import bounded
+    from .potentials import SHIPPED
+
+    positive, count = bounded(float, 0, strict=True), bounded(int, 1)
+    parser.add_argument("model", help=f"model file (mlpot export) or a shipped potential "
+                        f"({', '.join(SHIPPED)})")
     parser.add_argument("--reference", default="none",
                         help="pbe-si-literature | tersoff-sic | lammps:<pair_style>:<pair_coeff "
                              "args> | pyscf:<xc>/<basis> (molecules, e.g. pyscf:pbe/def2-svp) | "
@@ -2390,46 +2419,46 @@ def add_arguments(parser):
     parser.add_argument("--title", help="report title (default: the model file's name)")
     parser.add_argument("--crystal", help="FORMULA:STRUCTURE:A[:T] (default: from the species, "
                         "e.g. Si → diamond, Si+C → zincblende; molecules: H+O → water "
-                        "trimer, chosen when the test set has no periodic cell)")
+                        f"trimer, chosen when the test set has no periodic cell); STRUCTURE: "
+                        f"{', '.join(CUBIC_STRUCTURES)}")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 64-atom MD of a few steps, 2×2×2 phonon supercell")
-    parser.add_argument("--repeat", type=int, default=3,
+    parser.add_argument("--repeat", type=count, default=3,
                         help="MD cell: repeat³ conventional cells (3 → 216 atoms for diamond)")
-    parser.add_argument("--temperature", type=float, help="MD temperature in K (default per "
+    parser.add_argument("--temperature", type=positive, help="MD temperature in K (default per "
                         "crystal: Si 1000, SiC 1500; molecules 300)")
-    parser.add_argument("--timestep", type=float,
+    parser.add_argument("--timestep", type=positive,
                         help="MD time step in fs (default: crystals 1, molecules 0.5)")
-    parser.add_argument("--md-ps", type=float, default=2.0, help="RDF sampling time (ps)")
-    parser.add_argument("--nve-ps", type=float, default=2.0, help="LAMMPS NVE time (ps)")
-    parser.add_argument("--nve-repeat", type=int, default=2,
+    parser.add_argument("--md-ps", type=positive, default=2.0, help="RDF sampling time (ps)")
+    parser.add_argument("--nve-ps", type=positive, default=2.0, help="LAMMPS NVE time (ps)")
+    parser.add_argument("--nve-repeat", type=count, default=2,
                         help="NVE cell: repeat³ conventional cells (2 → 64 atoms for diamond)")
-    parser.add_argument("--phonon-supercell", type=int, default=4)
-    parser.add_argument("--fmax", type=float, default=0.002,
+    parser.add_argument("--phonon-supercell", type=count, default=4)
+    parser.add_argument("--fmax", type=positive, default=0.002,
                         help="force tolerance of molecular geometry optimisations (eV/Å)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=count, default=1, help="torch threads (default 1)")
 
 
 def run(args):
+    """``mlpot validate``: the report; parts that failed make the command fail (exit code 1)
+    after the report is written, so that scripts do not take a broken model for a valid one."""
     import torch
+
+    from .cli import CommandFailed, model_file, output_folder
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    model = Path(args.model)
-    if not model.is_file():
-        from .potentials import potential_path
-
-        model = potential_path(args.model)
+    model = model_file(args.model)
     reference = parse_reference(args.reference)
     crystal = parse_crystal(args.crystal) if args.crystal else None
-    if args.test and not Path(args.test).is_file():
-        raise FileNotFoundError(f"test set {args.test!r} does not exist")
     data = args.data or ([args.test] if args.test else [])
-    results = validate(str(model), reference, args.test, Path(args.out),
+    results = validate(str(model), reference, args.test, output_folder(args.out),
                        Settings.from_args(args), crystal=crystal, data_paths=data,
                        title=args.title)
-    if results.get("failures"):
-        print("mlpot validate: some parts failed (see the report):", file=__import__("sys").stderr)
-        for failure in results["failures"]:
-            print(f"  {failure}", file=__import__("sys").stderr)
+    failures = results.get("failures", [])
+    if failures:
+        raise CommandFailed(f"{len(failures)} part(s) failed (details in "
+                            f"{Path(args.out) / 'report.md'}):\n" +
+                            "\n".join(f"  {failure}" for failure in failures))
     return results

@@ -108,6 +108,36 @@ def test_species_from_pair_coeff_and_reference_parsing():
         validate.parse_reference("dft")
 
 
+def test_crystal_input_is_checked_before_any_work():
+    """--crystal is refused up front: a structure ASE cannot build as a cubic cell, a formula
+    that does not fit it, bad numbers, or elements the model lacks."""
+    assert validate.parse_crystal("SiC:zincblende:4.36:1500") == Crystal("SiC", "zincblende",
+                                                                        4.36, 1500.0)
+    with pytest.raises(ValueError, match="unknown structure 'hcp'; use one of sc, fcc"):
+        validate.parse_crystal("Si:hcp:3.8")
+    with pytest.raises(ValueError, match="Please specify 2 atoms for zincblende"):
+        validate.parse_crystal("Si:zincblende:5.43")
+    with pytest.raises(ValueError, match="must be > 0"):
+        validate.parse_crystal("Si:diamond:-5.43")
+    with pytest.raises(ValueError, match="FORMULA:STRUCTURE:A"):
+        validate.parse_crystal("Si:diamond:a")
+    none = validate.parse_reference("none")
+    with pytest.raises(ValueError, match="element\\(s\\) C not in the model's species Si;"):
+        validate.choose_system(["Si"], [], none, Crystal("SiC", "zincblende", 4.36))
+    assert validate.choose_system(["Si", "C"], [], none, SILICON) is SILICON
+
+
+def test_birch_murnaghan_fit_recovers_the_curve_it_is_given():
+    from ase.eos import birchmurnaghan
+
+    v0 = 5.43 ** 3 / 8  # Å³/atom of diamond Si at a = 5.43 Å
+    volumes = v0 * np.linspace(0.94, 1.06, 9)
+    energies = birchmurnaghan(volumes, -4.6, 100 * GPa, 4.2, v0)
+    fit = validate.birch_murnaghan(volumes, energies, SILICON)
+    assert fit["a0"] == pytest.approx(5.43, rel=1e-6) and fit["V0"] == pytest.approx(v0)
+    assert fit["B"] == pytest.approx(100.0, rel=1e-5) and fit["E0"] == pytest.approx(-4.6)
+
+
 # ------------------------------------------------------------ properties against known answers
 
 
