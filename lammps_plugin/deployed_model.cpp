@@ -170,26 +170,28 @@ ModelInfo parse_record(const std::string &text, const std::string &path)
       units.value("length", "") != "\xc3\x85")
     throw ModelError(path_str(path) + " declares units " + units.dump() +
                      "; mlpot models must be in eV and \xc3\x85");
-  // Which front-end contract the file follows; older records have no field: a kind list decides.
-  info.interface = record.value("interface", std::string());
-  if (info.interface.empty())
-    info.interface = (info.kind == "behler_parrinello" || info.kind == "bpnn") ? "descriptor"
-                                                                              : "edge_gradient";
+  // Which front-end contract the file follows (the same rule as mlpot.model_file.check_metadata).
+  info.interface = required<std::string>(record, "interface", path);
   if (record.contains("committee") && !record["committee"].is_null()) {
     const json &committee = record["committee"];
+    bool calibrated = false;
     try {
       info.members = committee.at("members").get<int>();
       const json calibration = committee.value("calibration", json());
-      if (calibration.is_object() && calibration.contains("scale"))
-        info.calibration_scale = calibration.at("scale").get<double>();
+      calibrated = !calibration.is_null();
+      if (calibrated) info.calibration_scale = calibration.at("scale").get<double>();
     } catch (const std::exception &error) {
       throw ModelError(path_str(path) + ": metadata field 'committee' is malformed (" +
                        first_line(error.what()) + "); re-export the model with `mlpot export`");
     }
-    if (info.members < 1 || info.calibration_scale < 0.0)
+    if (info.members < 2)
       throw ModelError(path_str(path) + ": metadata field 'committee' has " +
-                       std::to_string(info.members) + " members and calibration scale " +
-                       std::to_string(info.calibration_scale) + "; re-export the model");
+                       std::to_string(info.members) + " member(s); a committee needs at least 2: "
+                       "re-export it with `mlpot export`");
+    if (calibrated && !(info.calibration_scale > 0.0 && std::isfinite(info.calibration_scale)))
+      throw ModelError(path_str(path) + " has an invalid committee calibration scale " +
+                       std::to_string(info.calibration_scale) +
+                       "; calibrate it again with `mlpot calibrate`");
   }
   info.mlpot_version = record.value("mlpot_version", std::string("?"));
   info.torch_version = record.value("torch_version", std::string("?"));

@@ -37,9 +37,13 @@
 using namespace LAMMPS_NS;
 
 namespace {
-constexpr const char *SYNTAX = "syntax: pair_style mlpot [device cpu|cuda] [threads N] "
+constexpr const char *SYNTAX = "syntax: pair_style mlpot [device cpu|cuda|cuda:N] [threads N] "
     "[prune yes|no] [fold_ghosts yes|no] [deviation_file FILE] [deviation_every N] [calibrated yes|no] "
     "[calibration S|FILE] [deviation_warn X] [deviation_harvest FILE] [deviation_stop Y]";
+
+// Atoms closer than this (Å) are refused, as by the ASE calculator (mlpot.calculator.MIN_DISTANCE):
+// no model was trained there, and its energy would be a meaningless extrapolation.
+constexpr double MIN_DISTANCE = 0.25;
 
 using Clock = std::chrono::steady_clock;
 double seconds(Clock::time_point a, Clock::time_point b)
@@ -186,6 +190,9 @@ void PairMLPot::coeff(int narg, char **arg)
   for (int k = 2; k < narg - ntypes && all_files; k++) {
     files.emplace_back(arg[k]);
     all_files = k == 2 || std::ifstream(arg[k]).good();
+    if (!all_files && utils::strmatch(arg[k], "\\.pth?$"))
+      error->all(FLERR, "pair_coeff for mlpot: cannot read the model file {} (committee member "
+                 "{}); check the path", arg[k], k - 1);
   }
   if (!all_files || narg < 3 + ntypes)
     error->all(FLERR, "pair_coeff for mlpot: type count mismatch: {} atom types need {} species "
@@ -441,6 +448,7 @@ void PairMLPot::compute(int eflag, int vflag)
   if (members > 0 &&
       !(out.member_energies && out.member_atom_energies && out.member_edge_gradients))
     error->one(FLERR, "pair_style mlpot: the committee model returned no member outputs");
+  check_finite(out);
   accumulate(out.edge_gradient, out.atom_energies, out.energy, n_local_nodes,
              out.member_edge_gradients);
   if (members > 0)
@@ -483,6 +491,7 @@ int64_t PairMLPot::build_graph(int64_t &n_local_nodes)
   const double cutsq_model = cutoff * cutoff;
   double *vec = edge_vectors.data();
   int64_t e = 0;
+  Closest closest;
   for (int ii = 0; ii < ntotal; ii++) {
     const int i = ilist[ii];
     edge_begin[i] = e;
@@ -494,7 +503,9 @@ int64_t PairMLPot::build_graph(int64_t &n_local_nodes)
         const int j = jlist[jj] & NEIGHMASK;
         if (type_species[type[j]] < 0) continue;
         const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
-        if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
+        const double rsq = dx * dx + dy * dy + dz * dz;
+        if (rsq >= cutsq_model) continue;
+        closest.update(rsq, i, j);
         candidate[e] = j;
         vec[3 * e] = dx;
         vec[3 * e + 1] = dy;
@@ -504,6 +515,7 @@ int64_t PairMLPot::build_graph(int64_t &n_local_nodes)
     }
     edge_end[i] = e;
   }
+  check_overlap(closest);
 
   // 2. hop counts from the local atoms (breadth first, H layers)
   constexpr int FAR = 1 << 30;
@@ -631,6 +643,7 @@ int64_t PairMLPot::build_folded_graph(int64_t &n_local_nodes)
   double *vec = edge_vectors.data();
   const double cutsq_model = cutoff * cutoff;
   int64_t e = 0;
+  Closest closest;
   for (int ii = 0; ii < inum; ii++) {
     const int i = ilist[ii];
     if (node_of_atom[i] < 0) continue;
@@ -640,7 +653,9 @@ int64_t PairMLPot::build_folded_graph(int64_t &n_local_nodes)
       const int j = jlist[jj] & NEIGHMASK;
       if (node_of_atom[j] < 0) continue;
       const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
-      if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
+      const double rsq = dx * dx + dy * dy + dz * dz;
+      if (rsq >= cutsq_model) continue;
+      closest.update(rsq, i, j);
       centre[e] = node_of_atom[i];
       neighbour[e] = node_of_atom[j];
       vec[3 * e] = dx;
@@ -649,10 +664,32 @@ int64_t PairMLPot::build_folded_graph(int64_t &n_local_nodes)
       e++;
     }
   }
+  check_overlap(closest);
   if (e < bound) std::memmove(centre + e, neighbour, e * sizeof(int64_t));
   n_edges = e;
   n_local_nodes = n_nodes;
   return n_nodes;
+}
+
+void PairMLPot::check_overlap(const Closest &closest)
+{
+  if (!(closest.rsq < MIN_DISTANCE * MIN_DISTANCE)) return;
+  error->one(FLERR, "pair_style mlpot: atoms {} and {} are {:.3g} \xc3\x85 apart (< {} \xc3\x85): "
+             "overlapping atoms; fix the structure (or shorten the time step if they ran into "
+             "each other)", atom->tag[closest.i], atom->tag[closest.j], std::sqrt(closest.rsq),
+             MIN_DISTANCE);
+}
+
+// A NaN or infinite energy or gradient would propagate silently through the MD; stop instead.
+void PairMLPot::check_finite(const mlpot::ModelOutput &out)
+{
+  bool finite = std::isfinite(out.energy);
+  for (int64_t k = 0; finite && k < 3 * n_edges; k++) finite = std::isfinite(out.edge_gradient[k]);
+  if (!finite)
+    error->one(FLERR, "pair_style mlpot: the model returned a non-finite (NaN or inf) energy or "
+               "force on this rank: the structure is far outside what {} was trained on (atoms "
+               "crashing together: check the structure and the time step), or the file's weights "
+               "are damaged (re-export it)", model_path);
 }
 
 // Energies, forces and virials from the edge gradient (the sums of mlpot/edge_sums.py).

@@ -29,6 +29,7 @@
 
 #include "pair.h"
 
+#include <cfloat>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -36,6 +37,7 @@
 
 namespace mlpot {
 class DeployedModel;
+struct ModelOutput;
 }
 
 namespace LAMMPS_NS {
@@ -117,6 +119,20 @@ class PairMLPot : public Pair {
   void load(const std::vector<std::string> &files);
   int64_t build_graph(int64_t &n_local_nodes);
   int64_t build_folded_graph(int64_t &n_local_nodes);
+  struct Closest {    // the shortest edge seen while building a graph
+    double rsq = DBL_MAX;
+    int i = 0, j = 0;
+    void update(double r2, int a, int b)
+    {
+      if (r2 < rsq) {
+        rsq = r2;
+        i = a;
+        j = b;
+      }
+    }
+  };
+  void check_overlap(const Closest &closest);
+  void check_finite(const mlpot::ModelOutput &out);
   void accumulate(const double *gradient, const double *atom_energies, double energy,
                   int64_t n_local_nodes, const double *member_gradients);
   double calibration_scale();

@@ -101,6 +101,12 @@ class MLPotCalculator(Calculator):
                             len(atoms))
         gradient = output["edge_gradient"].detach().to("cpu", torch.float64).numpy()
         energy = float(output["energy"].detach())
+        if not (np.isfinite(energy) and np.isfinite(gradient).all()):
+            raise ValueError(
+                "the model returned a non-finite (NaN or inf) energy or force: the structure is "
+                "far outside what the model was trained on (atoms crashing together: check the "
+                "structure and the MD time step), or the model file's weights are damaged "
+                "(re-export it)")
         self.results["energy"] = self.results["free_energy"] = energy
         self.results["energies"] = output["atom_energies"].detach().to("cpu", torch.float64).numpy()
         self.results["forces"] = edge_sums.forces(i, j, gradient, len(atoms))

@@ -153,8 +153,10 @@ def check_metadata(record: Dict, origin: str) -> None:
         )
     if "committee" in record:
         committee = record["committee"]
-        if not isinstance(committee, dict) or not isinstance(committee.get("members"), int):
-            raise ModelFileError(f"{origin!r} has an invalid committee entry {committee!r}")
+        if not (isinstance(committee, dict) and isinstance(committee.get("members"), int)
+                and committee["members"] >= 2):
+            raise ModelFileError(f"{origin!r} has an invalid committee entry {committee!r} (a "
+                                 "committee needs at least 2 members); re-export it")
         if record["interface"] not in _COMMITTEE_INTERFACES:
             raise ModelFileError(
                 f"{origin!r} is a committee of the {record['interface']!r} interface, which this "

@@ -41,11 +41,40 @@ RTOL = 1e-10
 # ------------------------------------------------------------------------------------- helpers
 
 
-def random_painn(cutoff, num_features, num_radial=8, seed=0):
+def random_painn(cutoff, num_features, num_radial=8, seed=0, repulsion=0.0):
+    """A random PaiNN with an O(eV) energy scale.
+
+    ``repulsion`` > 0 (eV) adds a soft core for MD (a random PaiNN has none: atoms fuse within a
+    few hundred fs at 1000 K, closer than LAMMPS and ASE accept): scalar channel 0 becomes the
+    pair sum Σ_j B_1(r_ij) envelope(r_ij) of the first Bessel function (each message adds it;
+    the updates leave the channel alone) and only readout unit 0 reads it, so that E_i gains
+    ≈ repulsion × that sum: about 1.4 × repulsion per pair at 1 Å, 0.1 × at 2.35 Å (rc = 3 Å)."""
     torch.manual_seed(seed)
     model = PaiNN(SPECIES, cutoff=cutoff, num_features=num_features, num_interactions=2,
                   num_radial=num_radial)
-    model.set_energy_shift_scale(torch.tensor([-4.5, -7.0]), torch.tensor([1.0, 1.5]))
+    scale = torch.tensor([1.0, 1.5])
+    model.set_energy_shift_scale(torch.tensor([-4.5, -7.0]), scale)
+    if repulsion > 0:
+        F, gain = num_features, 0.1  # SiLU(gain x) ≈ gain x / 2 while gain x is small
+        with torch.no_grad():
+            model.embedding.weight[:, 0] = 0.0
+            for interaction in model.interactions:
+                message = interaction.message
+                message.scalar_net[-1].weight[0] = 0.0
+                message.scalar_net[-1].bias[0] = 1.0  # every neighbour sends 1 ...
+                message.radial_filter.weight[0] = 0.0
+                message.radial_filter.weight[0, 0] = 1.0  # ... times B_1(r)
+                message.radial_filter.bias[0] = 0.0
+                update = interaction.update.scalar_net[-1]
+                for row in (F, 2 * F):  # a_sv and a_ss of channel 0
+                    update.weight[row] = 0.0
+                    update.bias[row] = 0.0
+            first, last = model.readout[0], model.readout[-1]
+            first.weight[:, 0] = 0.0
+            first.weight[0] = 0.0
+            first.weight[0, 0] = gain
+            first.bias[0] = 0.0
+            last.weight[0, 0] = repulsion / (gain * float(scale.min()))
     return model
 
 
@@ -103,6 +132,7 @@ MD_SF = {"cutoff_function": "polynomial",
          "radial": [[1.0, 0.0], [2.0, 2.0], [4.0, 2.5]],
          "angular": [["G4", 0.1, 1.0, 1.0], ["G4", 0.1, 2.0, -1.0]]}
 MD_REPULSION = 20.0  # eV per unit of G2: 2 eV for a pair at 1.5 Å, 0.01 eV at 2.35 Å
+MD_REPULSION_PAINN = 1.0  # eV: ≈ 1.4 eV for a pair at 1 Å, 0.1 eV at 2.35 Å (random_painn)
 
 
 def export_accurate(kind, workdir, dtype="float64", name=None):
@@ -246,7 +276,7 @@ def md_model(kind, workdir):
     """A cheaper model for trajectories, cutoff 3 Å (first shell of Si): PaiNN with 2
     interactions, or BP (normalised on the rattled crystal and a hotter copy of it)."""
     if kind == "painn":
-        model = random_painn(3.0, 8, num_radial=4, seed=1)
+        model = random_painn(3.0, 8, num_radial=4, seed=1, repulsion=MD_REPULSION_PAINN)
     else:
         hot = md_atoms()
         hot.rattle(0.15, seed=8)
@@ -501,8 +531,8 @@ def test_nve_conserves_energy(plugin, workdir, kind, md_model, md_data):
     assert kinetic.max() * per_atom > 0.05, "atoms must actually move"
     drift = abs(np.polyfit(table[:, 0] * 1e-3, total, 1)[0]) * per_atom  # eV/atom/ps
     spread = (total.max() - total.min()) * per_atom
-    # measured (PaiNN): drift ~4e-7 eV/atom/ps, spread ~6e-6 eV/atom; missing ghost forces or a
-    # ghost shell that is too thin give errors orders of magnitude larger
+    # measured (PaiNN with its soft core): drift ~2e-6 eV/atom/ps, spread ~4e-5 eV/atom; missing
+    # ghost forces or a ghost shell that is too thin give errors orders of magnitude larger
     assert drift < 2e-5, f"energy drift {drift:.3g} eV/atom/ps"
     assert spread < 2e-4, f"total energy spread {spread:.3g} eV/atom"
     builds = int(result.stdout.split("Neighbor list builds =")[1].split()[0])
@@ -526,9 +556,13 @@ def test_real_units_match_metal(plugin, workdir, kind, md_model, md_data):
                           METAL2REAL * vectors(metal_dump, "fx", "fy", "fz")) < 1e-6
     assert relative_error(vectors(real_dump, "vx", "vy", "vz"),
                           1e-3 * vectors(metal_dump, "vx", "vy", "vz")) < 1e-6
-    pe_metal, pe_real = thermo_table(metal.stdout)[:, 1], thermo_table(real.stdout)[:, 1]
+    metal_thermo, real_thermo = thermo_table(metal.stdout), thermo_table(real.stdout)
+    pe_metal, pe_real = metal_thermo[:, 1], real_thermo[:, 1]
     assert relative_error(pe_real, METAL2REAL * pe_metal) < 1e-6
     assert relative_error(pe_real[:1], METAL2REAL * pe_metal[:1]) < 1e-12  # step 0: exact
+    # pressure (virial + kinetic): bar in metal, atm in real; 1 atm = 1.01325 bar
+    press_metal, press_real = metal_thermo[:, 4], real_thermo[:, 4]
+    assert relative_error(press_real, press_metal / 1.01325) < 1e-6
 
 
 # -------------------------------------------------------------------------------------- errors
@@ -622,6 +656,72 @@ def test_error_bad_symmetry_functions(plugin, workdir, change, expected):
     torch.jit.save(module, str(broken), _extra_files={"mlpot_metadata.json": json.dumps(record)})
     message = lammps_error(box() + "pair_style mlpot", f"pair_coeff * * {broken} Si C")
     assert expected in message and "symmetry_functions" in message, message
+
+
+def rewrite_record(path, workdir, name, change):
+    """A copy of the model file at ``path`` with ``change(record)`` applied to its metadata."""
+    extra = {"mlpot_metadata.json": ""}
+    module = torch.jit.load(path, _extra_files=extra)
+    record = json.loads(extra["mlpot_metadata.json"])
+    change(record)
+    target = workdir / name
+    torch.jit.save(module, str(target), _extra_files={"mlpot_metadata.json": json.dumps(record)})
+    return str(target)
+
+
+@pytest.mark.parametrize("name, change, expected", [
+    ("no_interface", lambda r: r.pop("interface"), "'interface'"),
+    ("one_member", lambda r: r.update(committee={"members": 1}), "at least 2"),
+    ("zero_scale", lambda r: r.update(committee={"members": 2, "calibration": {"scale": 0.0}}),
+     "calibration scale"),
+], ids=["no-interface", "one-member", "zero-scale"])
+def test_error_record_rules_match_python(plugin, workdir, painn_model, name, change, expected):
+    """The plugin refuses the records that mlpot.model_file refuses (one file contract)."""
+    broken = rewrite_record(painn_model, workdir, f"record_{name}.pt", change)
+    with pytest.raises(Exception):
+        MLPotCalculator(broken)
+    message = lammps_error(box() + "pair_style mlpot", f"pair_coeff * * {broken} Si C")
+    assert expected in message, message
+
+
+@pytest.mark.parametrize("fold", ["yes", "no"])
+def test_error_overlapping_atoms(plugin, accurate_model, fold):
+    """Atoms closer than ASE's limit (mlpot.calculator.MIN_DISTANCE) stop the run with their IDs,
+    on both graph builders, instead of giving the model's meaningless extrapolation."""
+    from mlpot.calculator import MIN_DISTANCE
+
+    gap = 0.4 * MIN_DISTANCE
+    message = lammps_error(box() + f"""
+        create_atoms 1 single {1 + gap} 1 1
+        pair_style mlpot fold_ghosts {fold}
+        pair_coeff * * {accurate_model} Si C""", "run 0")
+    assert "atoms 1 and 3" in message and "overlapping atoms" in message, message
+    assert f"{gap:.3g}" in message
+
+
+def test_error_non_finite_model_output(plugin, workdir, accurate_model, kind):
+    """A model that returns NaN (here: damaged weights) stops LAMMPS and ASE with a message,
+    instead of running on with NaN energies and positions."""
+    extra = {"mlpot_metadata.json": ""}
+    module = torch.jit.load(accurate_model, _extra_files=extra)
+    with torch.no_grad():
+        next(module.parameters()).fill_(float("nan"))
+    damaged = workdir / f"nan_{kind}.pt"
+    torch.jit.save(module, str(damaged), _extra_files=extra)
+    message = lammps_error(box() + f"""
+        pair_style mlpot
+        pair_coeff * * {damaged} Si C""", "run 0")
+    assert "non-finite (NaN or inf)" in message and "nan_" in message, message
+    atoms = Atoms("SiC", positions=[[1, 1, 1], [3, 3, 3]], cell=[6, 6, 6], pbc=True)
+    atoms.calc = MLPotCalculator(str(damaged))
+    with pytest.raises(ValueError, match="non-finite"):
+        atoms.get_potential_energy()
+
+
+def test_error_missing_committee_member(plugin, workdir, painn_model):
+    message = lammps_error(box() + "pair_style mlpot",
+                           f"pair_coeff * * {painn_model} {workdir / 'absent.pt'} Si C")
+    assert "cannot read the model file" in message and "absent.pt" in message, message
 
 
 def test_error_unknown_species(plugin, painn_model):
