@@ -44,7 +44,7 @@ const char* cutoff_function_name(CutoffFunction function);
 
 struct RadialSymmetryFunction {
     double eta;  ///< width η (1/Å²), ≥ 0
-    double r_s;  ///< centre r_s (Å), ≥ 0
+    double r_s;  ///< centre r_s (Å), any finite value
 };
 
 struct AngularSymmetryFunction {
@@ -83,7 +83,6 @@ public:
 
     const SymmetryFunctionParameters& parameters() const { return parameters_; }
     int num_features() const { return num_features_; }
-    int num_radial_features() const { return num_species_ * num_radial_; }
 
     /// Descriptors of `centres` (atom indices, any order, repeats allowed) into
     /// descriptors[n_centres, F]; and, if `derivatives` is not null, ∂G/∂r_e into

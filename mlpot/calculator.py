@@ -1,7 +1,8 @@
 """ASE front end: Atoms → C++ neighbour list → deployed model → energy, forces, stress.
 
-Forces, virial and per-atom virial come from the model's ∂E/∂(edge vector) exactly as in the LAMMPS
-plugin (see ``mlpot.edge_sums``), so the two front ends cannot disagree by construction.
+Forces, virial and per-atom virial come from the model's ∂E/∂(edge vector) with the same sums as
+in the LAMMPS plugin (``mlpot.edge_sums``; the plugin's C++ copy is tested equal to 1e-10), so the
+two front ends differ only in how they find the edges.
 
 With a committee (a committee file, or several model files) energy, forces and stress are the
 committee mean, and ``calc.results`` adds the uncertainty (docs/committee.md): ``energy_std``,

@@ -126,21 +126,27 @@ py::tuple compute(const SymmetryFunctions& self, py::handle species, py::handle 
     return py::make_tuple(std::move(G), std::move(dG));
 }
 
+// dE/dG as a float64 [n_centres, F] array, or a ValueError naming the expected shape.
+Float64 energy_weights(py::handle dE_dG, const Inputs& in, py::ssize_t F) {
+    auto weights = Float64::ensure(dE_dG);
+    if (!weights || weights.ndim() != 2 || weights.shape(0) != in.n_centres ||
+        weights.shape(1) != F) {
+        throw py::value_error("dE_dG must have shape (n_centres, n_features) = (" +
+                              std::to_string(in.n_centres) + ", " + std::to_string(F) + ")");
+    }
+    return weights;
+}
+
 py::array_t<double> contract(const SymmetryFunctions& self, py::handle species,
                              py::handle edge_index, py::handle derivatives, py::handle dE_dG,
                              py::handle centres) {
     Inputs in = check_inputs(self, species, edge_index, py::none(), centres);
     const py::ssize_t F = self.num_features(), E = in.edges.num_edges;
     auto dG = Float64::ensure(derivatives);
-    auto weights = Float64::ensure(dE_dG);
+    auto weights = energy_weights(dE_dG, in, F);
     if (!dG || dG.ndim() != 3 || dG.shape(0) != E || dG.shape(1) != F || dG.shape(2) != 3) {
         throw py::value_error("derivatives must have shape (n_edges, n_features, 3) = (" +
                               std::to_string(E) + ", " + std::to_string(F) + ", 3)");
-    }
-    if (!weights || weights.ndim() != 2 || weights.shape(0) != in.n_centres ||
-        weights.shape(1) != F) {
-        throw py::value_error("dE_dG must have shape (n_centres, n_features) = (" +
-                              std::to_string(in.n_centres) + ", " + std::to_string(F) + ")");
     }
     auto g = new_array({E, 3});
     double* g_data = g.mutable_data();
@@ -157,12 +163,7 @@ py::array_t<double> gradient(const SymmetryFunctions& self, py::handle species,
                              py::handle centres) {
     Inputs in = check_inputs(self, species, edge_index, edge_vectors, centres);
     const py::ssize_t F = self.num_features(), E = in.edges.num_edges;
-    auto weights = Float64::ensure(dE_dG);
-    if (!weights || weights.ndim() != 2 || weights.shape(0) != in.n_centres ||
-        weights.shape(1) != F) {
-        throw py::value_error("dE_dG must have shape (n_centres, n_features) = (" +
-                              std::to_string(in.n_centres) + ", " + std::to_string(F) + ")");
-    }
+    auto weights = energy_weights(dE_dG, in, F);
     auto g = new_array({E, 3});
     double* g_data = g.mutable_data();
     {
