@@ -100,7 +100,11 @@ def read_metadata(path: Union[str, Path]) -> Dict:
 
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"model file {str(path)!r} does not exist; check the path")
+        from .potentials import SHIPPED
+
+        hint = (f", or use the shipped potential: mlpot.load_potential({str(path)!r})"
+                if str(path).lower() in {name.lower() for name in SHIPPED} else "")
+        raise ModelFileError(f"model file {str(path)!r} does not exist; check the path{hint}")
     if not zipfile.is_zipfile(path):
         raise ModelFileError(
             f"{str(path)!r} is not a TorchScript archive (truncated, corrupted, or not a model "

@@ -53,6 +53,12 @@ def test_missing_file(tmp_path):
         mlpot.load(tmp_path / "nope.pt")
 
 
+def test_shipped_name_as_a_path_points_to_load_potential(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelFileError, match=r"mlpot.load_potential\('Si'\)"):
+        mlpot.MLPotCalculator("Si")
+
+
 def test_text_file_is_not_a_model(tmp_path):
     path = tmp_path / "model.pt"
     path.write_text("pair_style sw\n")
