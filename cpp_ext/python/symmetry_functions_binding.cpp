@@ -178,8 +178,8 @@ py::array_t<double> gradient(const SymmetryFunctions& self, py::handle species,
 void bind_symmetry_functions(py::module_& m) {
     py::class_<SymmetryFunctions>(m, "SymmetryFunctions",
                                   "Atom-centred symmetry functions (G2, G4, G5) with analytic "
-                                  "derivatives per edge; build it from mlpot.symmetry_functions."
-                                  "SymmetryFunctionSet.kernel().")
+                                  "derivatives per edge; used through mlpot.symmetry_functions."
+                                  "SymmetryFunctionSet.")
         .def(py::init(&make), py::arg("num_species"), py::arg("cutoff"),
              py::arg("angular_cutoff") = py::none(), py::arg("cutoff_function") = "cosine",
              py::arg("radial") = std::vector<std::pair<double, double>>{},
