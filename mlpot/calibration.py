@@ -35,19 +35,14 @@ METHOD = "split conformal, rank ceil((n + 1) * coverage)"
 def read_structures(paths: Sequence[Union[str, Path]], index: str = ":",
                     forces_key: str = "forces") -> Tuple[List, List[np.ndarray], List[Dict]]:
     """Structures with reference forces (eV/Å) from files ase.io reads, and file records."""
-    import ase.io
-
+    from .cli import read_structures as read_file
     from .train.data import _lookup, file_record
 
     structures, forces, records = [], [], []
     for name in paths:
         path = Path(name)
-        if not path.is_file():
-            raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-        images = ase.io.read(str(path), index=index)
+        images = read_file(path, "data file", index)
         images = images if isinstance(images, list) else [images]
-        if not images:
-            raise ValueError(f"{str(path)!r} holds no structures")
         for k, atoms in enumerate(images):
             value = _lookup(atoms, forces_key)
             if value is None:

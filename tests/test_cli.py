@@ -99,6 +99,10 @@ def test_unreadable_structure_and_test_files_are_named(tmp_path, capsys, bad_xyz
     assert status == 2 and f"cannot read test set {str(bad_xyz)!r}" in err
     status, _, err = run(capsys, "md", "Si", "--structure", tmp_path / "none.xyz")
     assert status == 2 and "does not exist" in err
+    si = potential_path("Si")
+    status, _, err = run(capsys, "calibrate", si, si, "--data", bad_xyz,
+                         "--output", tmp_path / "c.pt")
+    assert status == 2 and f"cannot read data file {str(bad_xyz)!r}" in err
 
 
 @pytest.mark.parametrize("command", ["md", "validate"])
