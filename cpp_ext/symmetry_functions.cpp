@@ -12,23 +12,24 @@
 // along u_a.
 //
 // Speed. Per centre, the edges inside the angular cutoff are stored as arrays sorted by neighbour
-// species. Row by row (edge a), the partners b are gathered into contiguous, zero-padded arrays —
-// only those with r_jk < rc when every function is a G4 (f_c(r_jk) = 0 removes the others, about
-// half the pairs in a dense solid) — and everything that depends on the pair only (cos θ, r_jk,
-// f_c(r_jk), exp(−η r_jk²), the powers (1 ± cos θ)^ζ from shared squares) is computed in loops
-// over b that the compiler vectorises (hence the branch-free exp, sin/cos and 1/√x below), and so
-// is the accumulation over b, function by function. Descriptors alone visit each pair once
-// (b > a). With stored derivatives a row visits every partner b ≠ a and accumulates only its own
-// edge's terms (no partner-side stores). In chain-rule mode (gradient()) the functions of an
-// (η, kind) group are first summed with their weights dE/dG, so the geometric terms are
-// evaluated once per group instead of per function, and the partner-side terms of a row are
-// added to the partners once at its end. On x86-64 with GCC the hot functions are also compiled
-// for AVX2 + FMA and picked at load time (target_clones).
+// species, and the unordered pairs (a, b > a) are listed once — only those with r_jk < rc when
+// every function is a G4 (f_c(r_jk) = 0 removes the others, about half the pairs in a dense
+// solid). In batches of pairs, everything that depends on the pair only (cos θ, r_jk, f_c(r_jk),
+// exp(−η r_jk²) and the distance factors of each (η, kind) group) is computed in loops over pairs
+// that the compiler vectorises (hence the branch-free exp, sin/cos and 1/√x below). The angular
+// functions themselves are evaluated eight at a time, one per vector lane ("chunks" of a group):
+// per pair and chunk, the powers (1 + λ cos θ)^ζ of all lanes at once, and the terms of G, of
+// row a's A and B (kept in registers over its partners) and of the partner's A and B (added in
+// its accumulator) as vector operations, so each pair is visited once for both of its edges.
+// gradient() is compute() with derivatives contracted centre by centre. On x86-64 with GCC the
+// hot functions are compiled for AVX-512, AVX2 + FMA and baseline x86-64 and picked at load time
+// (target_clones).
 #include "symmetry_functions.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <sstream>
 #include <stdexcept>
 #include <utility>
@@ -40,9 +41,20 @@
 #endif
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define MLPOT_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define MLPOT_SIMD_CLONES \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define MLPOT_SIMD_CLONES
+#endif
+
+// The pair loops read and write distinct arrays cut from one scratch buffer, which the compiler
+// cannot prove (GCC ignores restrict on local pointers): this says so, so that they vectorise.
+#if defined(__clang__)
+#define MLPOT_INDEPENDENT _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define MLPOT_INDEPENDENT _Pragma("GCC ivdep")
+#else
+#define MLPOT_INDEPENDENT
 #endif
 
 // The pass templates are inlined into the cloned functions, so that they are compiled per
@@ -53,28 +65,17 @@
 #define MLPOT_ALWAYS_INLINE inline
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__)
-#define MLPOT_REASSOCIATE __attribute__((optimize("associative-math", "no-signed-zeros")))
-#else
-#define MLPOT_REASSOCIATE
-#endif
-#if defined(__clang__)
-#define MLPOT_CLANG_REASSOCIATE _Pragma("clang fp reassociate(on)")
-#else
-#define MLPOT_CLANG_REASSOCIATE
-#endif
-
 namespace mlpot {
 namespace {
 
 constexpr double PI = 3.141592653589793238462643383279502884;
 
-// Integer ζ up to this use the shared squares (x^(ζ−1) is a product of at most
-// MAX_SQUARE_FACTORS of them); larger or non-integer ζ use std::pow.
+// Integer ζ up to this use binary powering (ζ − 1 has at most MAX_EXPONENT_BITS bits); larger
+// or non-integer ζ use std::pow.
 constexpr int MAX_INTEGER_ZETA = 64;
-constexpr int MAX_SQUARE_FACTORS = 6;
-static_assert((1 << MAX_SQUARE_FACTORS) >= MAX_INTEGER_ZETA,
-              "x^(ζ−1) for ζ ≤ MAX_INTEGER_ZETA needs at most MAX_SQUARE_FACTORS squares");
+constexpr int MAX_EXPONENT_BITS = 6;
+static_assert((1 << MAX_EXPONENT_BITS) >= MAX_INTEGER_ZETA,
+              "ζ − 1 for ζ ≤ MAX_INTEGER_ZETA needs at most MAX_EXPONENT_BITS bits");
 
 std::string str(double value) {
     std::ostringstream out;
@@ -94,7 +95,7 @@ constexpr double inverse_factorial(int n) {
 }
 
 // sin(t) and cos(t) for |t| ≤ π/2 from their Taylor series to t¹⁹ / t²⁰ (error < 3e-16).
-inline void sin_cos_half_range(double t, double& sine, double& cosine) {
+MLPOT_ALWAYS_INLINE void sin_cos_half_range(double t, double& sine, double& cosine) {
     const double t2 = t * t;
     double s = -inverse_factorial(19);
     double c = inverse_factorial(20);
@@ -122,7 +123,7 @@ inline void sin_cos_half_range(double t, double& sine, double& cosine) {
 
 // exp(x) for x ≤ 0, branch-free (vectorisable), within 2 ulp of std::exp; x < −708 gives
 // ≈ 2e-308 instead of the (even smaller) true value.
-inline double exp_nonpositive(double x) {
+MLPOT_ALWAYS_INLINE double exp_nonpositive(double x) {
     x = x > -708.0 ? x : -708.0;
     constexpr double magic = 6755399441055744.0;  // 1.5 · 2^52: adding it rounds to an integer
     const double t = x * 1.4426950408889634074 + magic;
@@ -154,7 +155,7 @@ inline double exp_nonpositive(double x) {
 // 1/√x and √x for x > 0, branch-free (std::sqrt is not vectorised unless errno is switched off
 // for the whole program): bit-trick estimate, four Newton steps for 1/√x, one residual
 // correction for √x; both within 2 ulp.
-inline void inverse_sqrt_and_sqrt(double x, double& inverse, double& root) {
+MLPOT_ALWAYS_INLINE void inverse_sqrt_and_sqrt(double x, double& inverse, double& root) {
     std::uint64_t bits;
     std::memcpy(&bits, &x, sizeof bits);
     bits = 0x5FE6EB50C7B537A9ULL - (bits >> 1);
@@ -172,14 +173,14 @@ inline void inverse_sqrt_and_sqrt(double x, double& inverse, double& root) {
 }
 
 // f_c and df_c/dr at x = r / rc ∈ [0, 1] (both vanish at x = 1).
-inline void cosine_cutoff(double x, double inv_rc, double& fc, double& dfc) {
+MLPOT_ALWAYS_INLINE void cosine_cutoff(double x, double inv_rc, double& fc, double& dfc) {
     double sine, cosine;  // cos(π x) = −sin(t), sin(π x) = cos(t), t = π (x − ½)
     sin_cos_half_range(PI * (x - 0.5), sine, cosine);
     fc = 0.5 - 0.5 * sine;
     dfc = -0.5 * PI * inv_rc * cosine;
 }
 
-inline void polynomial_cutoff(double x, double inv_rc, double& fc, double& dfc) {
+MLPOT_ALWAYS_INLINE void polynomial_cutoff(double x, double inv_rc, double& fc, double& dfc) {
     const double x2 = x * x, one_minus = 1.0 - x;
     fc = 1.0 + x2 * x * (-10.0 + x * (15.0 - 6.0 * x));
     dfc = -30.0 * x2 * one_minus * one_minus * inv_rc;
@@ -242,528 +243,6 @@ void edge_factors(int n, std::size_t stride, const double* __restrict r, int n_e
         }
     }
 }
-
-// What a pass over the angular block produces: descriptors only (half rows), stored derivatives
-// (full rows, each row its own edge's terms) or the chain rule (half rows, both edges' terms).
-// Each pass computes only the pair factors it reads.
-enum class Pass { descriptors, derivatives, chain_rule };
-
-// Everything the angular accumulation needs, as raw arrays (see SymmetryFunctions::Workspace).
-// Angular slots are sorted by neighbour species: species t occupies [run[t], run[t + 1]).
-struct AngularArrays {
-    int n;                                            // edges inside the angular cutoff
-    const double *r, *inv_r, *ux, *uy, *uz;           // [n + 1]: slot n is zero (padding)
-    const double *vx, *vy, *vz;                       // [n] edge vectors
-    const int* species;                               // [n]
-    const int* run;                                   // [S + 1]
-    int num_species;
-    int n_eta;
-    std::size_t h_stride;
-    const double *h, *dh;                             // [n_eta][h_stride ≥ n + 1], zero at n
-    // A batch of rows: their partners, gathered one after the other (see gather_partners),
-    // with the row's own values beside each entry; cap ≥ n + 4 S entries.
-    std::size_t cap;
-    int* partner;                                     // [cap]: angular slot, or n for padding
-    int* row_run;                                     // [rows of the batch][S + 1]
-    double *r_a, *inv_r_a, *ux_a, *uy_a, *uz_a;       // [cap]
-    double *r_b, *inv_r_b, *ux_b, *uy_b, *uz_b, *rjk2;  // [cap]
-    double *h_a, *dh_a, *h_b, *dh_b;                  // [n_eta][cap]
-    double *cos_theta, *c_ra, *c_rb, *rjk, *inv_rjk, *fcjk, *dfcjk;  // [cap]
-    double *H, *Da, *Db, *Qa, *Qb;                    // [n_groups][cap]; Qa = Q r_a, Qb = Q r_b
-    double *P, *dP, *x, *squares;                     // [n_powers][cap], [cap], [bits − 1][cap]
-    // Accumulators, internal function order; k = pair × n_angular + f.
-    double* G;  // [k]
-    double* A;  // [angular slot][k] or null
-    double* B;  // [angular slot][k][3] or null
-    // Chain-rule mode (A, B null): weights W[k] = dE/dG (internal order) and, per angular slot,
-    // the gradient's component along u (along) and the rest (gx, gy, gz) [n + 1: slot n takes
-    // the padding's zeros]; the batch's partner-side terms (b_along, b_gx, b_gy, b_gz [cap]);
-    // scratch WP, WdP [cap].
-    const double* W;
-    double *along, *gx, *gy, *gz, *b_along, *b_gx, *b_gy, *b_gz, *WP, *WdP;
-};
-
-struct AngularPlan {
-    int n_groups, n_powers, n_angular, n_features;  // n_features = n_pairs × n_angular
-    const double* group_eta;
-    const int *group_g4, *group_begin, *group_end, *group_eta_index;
-    const double *power_lambda, *power_zeta, *power_scale, *power_dscale;
-    const int* power_exponent;
-    const int* function_power;
-    int ladder_bits;
-    bool cosine;
-    bool all_g4;  // every function has the f_c(r_jk) factor: partners with r_jk ≥ rc are dropped
-    double rc, inv_rc;
-};
-
-inline void gather(int begin, int end, const int* __restrict index,
-                   const double* __restrict source, double* __restrict target) {
-    for (int j = begin; j < end; ++j) target[j] = source[index[j]];
-}
-
-inline void broadcast(int begin, int end, double value, double* __restrict target) {
-    for (int j = begin; j < end; ++j) target[j] = value;
-}
-
-// Row a's partners b ≥ first (b ≠ a), appended to the batch from entry m, species run by species
-// run (run[t] … run[t + 1]), each run zero-padded to a multiple of 4 so that the vector loops
-// need no remainders (padding points at the zero slot n, where h = dh = u = r = 0, with
-// r_jk = rc: every term it enters is exactly zero). When every function is a G4, partners with r_jk ≥ rc are left out: f_c(r_jk) = 0 makes
-// their terms vanish, and in a dense solid that is about half of the pairs. Returns the new end.
-template <Pass pass>
-MLPOT_ALWAYS_INLINE int gather_partners(const AngularPlan& p, const AngularArrays& w, int a, int first, int m,
-                           int* run) {
-    const double vxa = w.vx[a], vya = w.vy[a], vza = w.vz[a];
-    const double rc2 = p.rc * p.rc;
-    const int begin = m;
-    run[0] = m;
-    for (int t = 0; t < w.num_species; ++t) {
-        for (int b = std::max(first, w.run[t]); b < w.run[t + 1]; ++b) {
-            const double dx = w.vx[b] - vxa, dy = w.vy[b] - vya, dz = w.vz[b] - vza;
-            const double r2 = dx * dx + dy * dy + dz * dz;
-            w.partner[m] = b;
-            w.rjk2[m] = r2;
-            m += (b != a) & (!p.all_g4 | (r2 < rc2));  // branch-free compaction
-        }
-        for (; (m - begin) & 3; ++m) {
-            w.partner[m] = w.n;  // the zero slot
-            w.rjk2[m] = rc2;
-        }
-        run[t + 1] = m;
-    }
-    gather(begin, m, w.partner, w.ux, w.ux_b);
-    gather(begin, m, w.partner, w.uy, w.uy_b);
-    gather(begin, m, w.partner, w.uz, w.uz_b);
-    broadcast(begin, m, w.ux[a], w.ux_a);
-    broadcast(begin, m, w.uy[a], w.uy_a);
-    broadcast(begin, m, w.uz[a], w.uz_a);
-    if constexpr (pass != Pass::descriptors) {
-        gather(begin, m, w.partner, w.r, w.r_b);
-        broadcast(begin, m, w.r[a], w.r_a);
-        broadcast(begin, m, w.inv_r[a], w.inv_r_a);
-    }
-    if constexpr (pass == Pass::chain_rule) gather(begin, m, w.partner, w.inv_r, w.inv_r_b);
-    for (int q = 0; q < w.n_eta; ++q) {
-        const double* h = w.h + q * w.h_stride;
-        const double* dh = w.dh + q * w.h_stride;
-        gather(begin, m, w.partner, h, w.h_b + q * w.cap);
-        broadcast(begin, m, h[a], w.h_a + q * w.cap);
-        if constexpr (pass != Pass::descriptors) broadcast(begin, m, dh[a], w.dh_a + q * w.cap);
-        if constexpr (pass == Pass::chain_rule) gather(begin, m, w.partner, dh, w.dh_b + q * w.cap);
-    }
-    return m;
-}
-
-// cos θ (and cos θ / r_a, cos θ / r_b), r_jk, 1/r_jk, f_c(r_jk), f_c'(r_jk) of the gathered
-// partners; r_jk ≥ rc gives f_c = f_c' = 1/r_jk = 0.
-template <bool Cosine, Pass pass>
-inline void pair_geometry(int m, const double* __restrict ux, const double* __restrict uy,
-                          const double* __restrict uz, const double* __restrict inv_r,
-                          const double* __restrict rjk2, const double* __restrict uxa,
-                          const double* __restrict uya, const double* __restrict uza,
-                          const double* __restrict inv_ra, double rc2, double inv_rc,
-                          double* __restrict cos_theta,
-                          double* __restrict c_ra, double* __restrict c_rb,
-                          double* __restrict rjk_out, double* __restrict inv_rjk,
-                          double* __restrict fcjk, double* __restrict dfcjk) {
-    for (int b = 0; b < m; ++b) {
-        const double c = uxa[b] * ux[b] + uya[b] * uy[b] + uza[b] * uz[b];
-        cos_theta[b] = c;
-        if constexpr (pass != Pass::descriptors) c_ra[b] = c * inv_ra[b];
-        if constexpr (pass == Pass::chain_rule) c_rb[b] = c * inv_r[b];
-        const double in = rjk2[b] < rc2 ? 1.0 : 0.0;
-        double inverse, rjk;
-        inverse_sqrt_and_sqrt(rjk2[b] < rc2 ? rjk2[b] : rc2, inverse, rjk);
-        double fc, dfc;
-        if (Cosine) {
-            cosine_cutoff(rjk * inv_rc, inv_rc, fc, dfc);
-        } else {
-            polynomial_cutoff(rjk * inv_rc, inv_rc, fc, dfc);
-        }
-        rjk_out[b] = rjk;
-        fcjk[b] = in * fc;
-        if constexpr (pass != Pass::descriptors) {
-            inv_rjk[b] = in * inverse;
-            dfcjk[b] = in * dfc;
-        }
-    }
-}
-
-// G4 distance factor H = h(r_a) h(r_b) h(r_jk) and its pieces (see the file header):
-// Da = ∂H/∂r_a + Q r_a, Db = ∂H/∂r_b + Q r_b, Qa = Q r_a, Qb = Q r_b.
-template <Pass pass>
-inline void g4_factors(int m, double eta, const double* __restrict ra,
-                       const double* __restrict hb, const double* __restrict dhb,
-                       const double* __restrict rb, const double* __restrict ha,
-                       const double* __restrict dha, const double* __restrict rjk,
-                       const double* __restrict inv_rjk, const double* __restrict fcjk,
-                       const double* __restrict dfcjk, double* __restrict H,
-                       double* __restrict Da, double* __restrict Db, double* __restrict Qa,
-                       double* __restrict Qb) {
-    for (int b = 0; b < m; ++b) {
-        const double ex = exp_nonpositive(-eta * rjk[b] * rjk[b]);
-        const double hjk = ex * fcjk[b];
-        const double hab = ha[b] * hb[b];
-        H[b] = hab * hjk;
-        if constexpr (pass == Pass::descriptors) continue;
-        const double dhjk = ex * (dfcjk[b] - 2.0 * eta * rjk[b] * fcjk[b]);
-        const double Q = hab * dhjk * inv_rjk[b];
-        Qb[b] = Q * rb[b];
-        Da[b] = dha[b] * hb[b] * hjk + Q * ra[b];
-        if constexpr (pass != Pass::chain_rule) continue;
-        Qa[b] = Q * ra[b];
-        Db[b] = ha[b] * dhb[b] * hjk + Q * rb[b];
-    }
-}
-
-// G5 distance factor H = h(r_a) h(r_b) (no r_jk term: Q = 0).
-template <Pass pass>
-inline void g5_factors(int m, const double* __restrict hb, const double* __restrict dhb,
-                       const double* __restrict ha, const double* __restrict dha,
-                       double* __restrict H, double* __restrict Da,
-                       double* __restrict Db, double* __restrict Qa, double* __restrict Qb) {
-    for (int b = 0; b < m; ++b) {
-        H[b] = ha[b] * hb[b];
-        if constexpr (pass == Pass::descriptors) continue;
-        Da[b] = dha[b] * hb[b];
-        Qb[b] = 0.0;
-        if constexpr (pass != Pass::chain_rule) continue;
-        Db[b] = ha[b] * dhb[b];
-        Qa[b] = 0.0;
-    }
-}
-
-// P = scale · x^(e+1) and dP = dscale · x^e over m entries, where x^e is the product of the N
-// squares x^(2^k) that the bits of e select, in one pass (one pass per factor, each storing its
-// partial product, cost more than the arithmetic).
-template <int N, Pass pass>
-MLPOT_ALWAYS_INLINE void power_from_squares(int m, const double* const* factors,
-                                            const double* __restrict x, double scale,
-                                            double dscale, double* __restrict P,
-                                            double* __restrict dP) {
-    for (int b = 0; b < m; ++b) {
-        double xe = 1.0;
-        for (int k = 0; k < N; ++k) xe *= factors[k][b];
-        P[b] = scale * xe * x[b];
-        if constexpr (pass != Pass::descriptors) dP[b] = dscale * xe;
-    }
-}
-
-// P and dP for x = max(1 + λ cos θ, 0) and every power of the set. The squares x^(2^k) are
-// computed once per λ and shared by all integer ζ ≤ MAX_INTEGER_ZETA (at most
-// MAX_SQUARE_FACTORS factors).
-template <Pass pass>
-MLPOT_ALWAYS_INLINE void angular_powers(const AngularPlan& p, const AngularArrays& w, int m) {
-    for (const double lambda : {1.0, -1.0}) {
-        int bits = 0;
-        bool used = false;
-        for (int q = 0; q < p.n_powers; ++q) {
-            if (p.power_lambda[q] != lambda) continue;
-            used = true;
-            for (int e = p.power_exponent[q], k = 0; e > 0; e >>= 1, ++k) bits = std::max(bits, k + 1);
-        }
-        if (!used) continue;
-        double* __restrict x = w.x;
-        for (int b = 0; b < m; ++b) {
-            const double value = 1.0 + lambda * w.cos_theta[b];
-            x[b] = value > 0.0 ? value : 0.0;
-        }
-        for (int k = 1; k < bits; ++k) {  // x^(2^k) at squares[k − 1]
-            const double* __restrict previous = k == 1 ? x : w.squares + (k - 2) * w.cap;
-            double* __restrict square = w.squares + (k - 1) * w.cap;
-            for (int b = 0; b < m; ++b) square[b] = previous[b] * previous[b];
-        }
-        for (int q = 0; q < p.n_powers; ++q) {
-            if (p.power_lambda[q] != lambda) continue;
-            double* __restrict P = w.P + q * w.cap;
-            double* __restrict dP = w.dP + q * w.cap;
-            const double scale = p.power_scale[q], dscale = p.power_dscale[q];
-            const int e = p.power_exponent[q];
-            if (e < 0) {  // non-integer ζ: std::pow (not vectorised)
-                for (int b = 0; b < m; ++b) {
-                    const double xe = std::pow(x[b], p.power_zeta[q] - 1.0);
-                    P[b] = scale * xe * x[b];
-                    dP[b] = dscale * xe;
-                }
-                continue;
-            }
-            const double* factors[MAX_SQUARE_FACTORS];
-            int n = 0;
-            for (int k = 0; (e >> k) > 0; ++k) {
-                if ((e >> k) & 1) factors[n++] = k == 0 ? x : w.squares + (k - 1) * w.cap;
-            }
-            switch (n) {
-                case 0: power_from_squares<0, pass>(m, factors, x, scale, dscale, P, dP); break;
-                case 1: power_from_squares<1, pass>(m, factors, x, scale, dscale, P, dP); break;
-                case 2: power_from_squares<2, pass>(m, factors, x, scale, dscale, P, dP); break;
-                case 3: power_from_squares<3, pass>(m, factors, x, scale, dscale, P, dP); break;
-                case 4: power_from_squares<4, pass>(m, factors, x, scale, dscale, P, dP); break;
-                case 5: power_from_squares<5, pass>(m, factors, x, scale, dscale, P, dP); break;
-                default: power_from_squares<6, pass>(m, factors, x, scale, dscale, P, dP); break;
-            }
-        }
-    }
-}
-
-// Geometry, distance factors and angular factors of the batch's m entries, in long vector loops.
-template <Pass pass>
-MLPOT_ALWAYS_INLINE void batch_factors(const AngularPlan& p, const AngularArrays& w, int m) {
-    const double rc2 = p.rc * p.rc;
-    if (p.cosine) {
-        pair_geometry<true, pass>(m, w.ux_b, w.uy_b, w.uz_b, w.inv_r_b, w.rjk2, w.ux_a, w.uy_a, w.uz_a,
-                            w.inv_r_a, rc2, p.inv_rc, w.cos_theta, w.c_ra, w.c_rb, w.rjk,
-                            w.inv_rjk, w.fcjk, w.dfcjk);
-    } else {
-        pair_geometry<false, pass>(m, w.ux_b, w.uy_b, w.uz_b, w.inv_r_b, w.rjk2, w.ux_a, w.uy_a,
-                             w.uz_a, w.inv_r_a, rc2, p.inv_rc, w.cos_theta, w.c_ra, w.c_rb,
-                             w.rjk, w.inv_rjk, w.fcjk, w.dfcjk);
-    }
-    for (int g = 0; g < p.n_groups; ++g) {
-        const std::size_t qo = static_cast<std::size_t>(p.group_eta_index[g]) * w.cap;
-        const std::size_t go = static_cast<std::size_t>(g) * w.cap;
-        if (p.group_g4[g]) {
-            g4_factors<pass>(m, p.group_eta[g], w.r_a, w.h_b + qo, w.dh_b + qo, w.r_b, w.h_a + qo,
-                       w.dh_a + qo, w.rjk, w.inv_rjk, w.fcjk, w.dfcjk, w.H + go, w.Da + go,
-                       w.Db + go, w.Qa + go, w.Qb + go);
-        } else {
-            g5_factors<pass>(m, w.h_b + qo, w.dh_b + qo, w.h_a + qo, w.dh_a + qo, w.H + go, w.Da + go,
-                       w.Db + go, w.Qa + go, w.Qb + go);
-        }
-    }
-    angular_powers<pass>(p, w, m);
-}
-
-// Index of the unordered species pair (s, t) in the angular block.
-inline int species_pair(int s, int t) {
-    return s >= t ? s * (s + 1) / 2 + t : t * (t + 1) / 2 + s;
-}
-
-// The terms of one function on row a's side for partners [lo, hi): G, A_a, B_a in sums[0 … 4].
-// (restrict-qualified parameters: GCC ignores restrict on local pointers.)
-MLPOT_REASSOCIATE inline void row_terms(int lo, int hi, const double* __restrict P,
-                                        const double* __restrict dP, const double* __restrict H,
-                                        const double* __restrict Da, const double* __restrict Qb,
-                                        const double* __restrict c_ra,
-                                        const double* __restrict ux, const double* __restrict uy,
-                                        const double* __restrict uz, double inv_ra,
-                                        double* __restrict sums) {
-    double sG = 0.0, sA = 0.0, sx = 0.0, sy = 0.0, sz = 0.0;
-    for (int b = lo; b < hi; ++b) {
-        const double Pb = P[b];
-        const double dPH = dP[b] * H[b];
-        sG += Pb * H[b];
-        sA += Pb * Da[b] - dPH * c_ra[b];
-        const double Bab = dPH * inv_ra - Pb * Qb[b];
-        sx += Bab * ux[b];
-        sy += Bab * uy[b];
-        sz += Bab * uz[b];
-    }
-    sums[0] = sG;
-    sums[1] = sA;
-    sums[2] = sx;
-    sums[3] = sy;
-    sums[4] = sz;
-}
-
-// Row a with derivatives: the row holds every partner b ≠ a (both orders of each pair), so the
-// row accumulates only its own edge's A and B and G counts each pair twice (hence ½). Storing
-// the partner-side terms instead would need a scatter per function and pair, which costs more
-// than evaluating each pair twice.
-MLPOT_SIMD_CLONES MLPOT_REASSOCIATE
-void derivative_row(const AngularPlan& p, const AngularArrays& w, int a, const int* run) {
-    MLPOT_CLANG_REASSOCIATE
-    const std::size_t NF = static_cast<std::size_t>(p.n_features);
-    double* A = w.A + a * NF;
-    double* B = w.B + 3 * a * NF;
-    for (int t = 0; t < w.num_species; ++t) {
-        const int lo = run[t], hi = run[t + 1];
-        if (lo >= hi) continue;
-        const int base = species_pair(w.species[a], t) * p.n_angular;
-        for (int g = 0; g < p.n_groups; ++g) {
-            const std::size_t go = static_cast<std::size_t>(g) * w.cap;
-            for (int f = p.group_begin[g]; f < p.group_end[g]; ++f) {
-                const std::size_t qo = static_cast<std::size_t>(p.function_power[f]) * w.cap;
-                const std::size_t k = static_cast<std::size_t>(base + f);
-                double sums[5];
-                row_terms(lo, hi, w.P + qo, w.dP + qo, w.H + go, w.Da + go, w.Qb + go, w.c_ra,
-                          w.ux_b, w.uy_b, w.uz_b, w.inv_r[a], sums);
-                w.G[k] += 0.5 * sums[0];
-                A[k] += sums[1];
-                B[3 * k] += sums[2];
-                B[3 * k + 1] += sums[3];
-                B[3 * k + 2] += sums[4];
-            }
-        }
-    }
-}
-
-// Row a of the descriptors only: every function, over the gathered partners b > a.
-MLPOT_SIMD_CLONES MLPOT_REASSOCIATE
-void descriptor_row(const AngularPlan& p, const AngularArrays& w, int a, const int* run) {
-    MLPOT_CLANG_REASSOCIATE
-    for (int t = 0; t < w.num_species; ++t) {
-        const int lo = run[t], hi = run[t + 1];
-        if (lo >= hi) continue;
-        const int base = species_pair(w.species[a], t) * p.n_angular;
-        for (int g = 0; g < p.n_groups; ++g) {
-            const double* __restrict H = w.H + static_cast<std::size_t>(g) * w.cap;
-            for (int f = p.group_begin[g]; f < p.group_end[g]; ++f) {
-                const double* __restrict P =
-                    w.P + static_cast<std::size_t>(p.function_power[f]) * w.cap;
-                double sum = 0.0;
-                for (int b = lo; b < hi; ++b) sum += P[b] * H[b];
-                w.G[base + f] += sum;
-            }
-        }
-    }
-}
-
-// Chain-rule terms of one group for partners b ∈ [lo, hi): with WP = Σ_f w_f P_f and
-// WdP = Σ_f w_f P'_f over the group's functions, the weighted A and B coefficients (see the file
-// header) go to along[b], g[b] (b side) and into sums (a side: along, x, y, z).
-MLPOT_REASSOCIATE inline void weighted_terms(
-    int lo, int hi, const double* __restrict WP, const double* __restrict WdP,
-    const double* __restrict H, const double* __restrict Da, const double* __restrict Db,
-    const double* __restrict Qa, const double* __restrict Qb, const double* __restrict c_ra,
-    const double* __restrict c_rb, const double* __restrict inv_r, const double* __restrict ux,
-    const double* __restrict uy, const double* __restrict uz, double inv_ra, double uxa,
-    double uya, double uza, double* __restrict along, double* __restrict gx,
-    double* __restrict gy, double* __restrict gz, double* __restrict sums) {
-    double sA = 0.0, sx = 0.0, sy = 0.0, sz = 0.0;
-    for (int b = lo; b < hi; ++b) {
-        const double P = WP[b];
-        const double dPH = WdP[b] * H[b];
-        sA += P * Da[b] - dPH * c_ra[b];
-        along[b] += P * Db[b] - dPH * c_rb[b];
-        const double Bab = dPH * inv_ra - P * Qb[b];
-        const double Bba = dPH * inv_r[b] - P * Qa[b];
-        sx += Bab * ux[b];
-        sy += Bab * uy[b];
-        sz += Bab * uz[b];
-        gx[b] += Bba * uxa;
-        gy[b] += Bba * uya;
-        gz[b] += Bba * uza;
-    }
-    sums[0] = sA;
-    sums[1] = sx;
-    sums[2] = sy;
-    sums[3] = sz;
-}
-
-// Σ_f w_f P_f and Σ_f w_f P'_f over partners [lo, hi) for one function. (Every helper called
-// from a MLPOT_REASSOCIATE function carries the attribute too, or GCC does not inline it.)
-MLPOT_REASSOCIATE inline void weighted_powers(int lo, int hi, double weight,
-                                              const double* __restrict P,
-                                              const double* __restrict dP,
-                                              double* __restrict WP, double* __restrict WdP) {
-    for (int b = lo; b < hi; ++b) {
-        WP[b] += weight * P[b];
-        WdP[b] += weight * dP[b];
-    }
-}
-
-// Row a in chain-rule mode, over the gathered partners b > a: the partner-side terms are summed
-// over the groups in b_along, b_g* (added to the partners' slots at the end of the batch).
-MLPOT_SIMD_CLONES MLPOT_REASSOCIATE
-void chain_rule_row(const AngularPlan& p, const AngularArrays& w, int a, const int* run) {
-    MLPOT_CLANG_REASSOCIATE
-    const double inv_ra = w.inv_r[a];
-    const double uxa = w.ux[a], uya = w.uy[a], uza = w.uz[a];
-    for (int t = 0; t < w.num_species; ++t) {
-        const int lo = run[t], hi = run[t + 1];
-        if (lo >= hi) continue;
-        const int base = species_pair(w.species[a], t) * p.n_angular;
-        for (int g = 0; g < p.n_groups; ++g) {
-            const std::size_t go = static_cast<std::size_t>(g) * w.cap;
-            std::fill(w.WP + lo, w.WP + hi, 0.0);
-            std::fill(w.WdP + lo, w.WdP + hi, 0.0);
-            bool any = false;
-            for (int f = p.group_begin[g]; f < p.group_end[g]; ++f) {
-                const double weight = w.W[base + f];
-                if (weight == 0.0) continue;
-                any = true;
-                const std::size_t qo = static_cast<std::size_t>(p.function_power[f]) * w.cap;
-                weighted_powers(lo, hi, weight, w.P + qo, w.dP + qo, w.WP, w.WdP);
-            }
-            if (!any) continue;
-            double sums[4];
-            weighted_terms(lo, hi, w.WP, w.WdP, w.H + go, w.Da + go, w.Db + go, w.Qa + go,
-                           w.Qb + go, w.c_ra, w.c_rb, w.inv_r_b, w.ux_b, w.uy_b, w.uz_b, inv_ra,
-                           uxa, uya, uza, w.b_along, w.b_gx, w.b_gy, w.b_gz, sums);
-            w.along[a] += sums[0];
-            w.gx[a] += sums[1];
-            w.gy[a] += sums[2];
-            w.gz[a] += sums[3];
-        }
-    }
-}
-
-// The angular block of one centre: rows in batches of up to cap gathered entries, so that the
-// pair factors are computed in long loops (rows hold only ~10–40 partners each).
-template <Pass pass>
-MLPOT_ALWAYS_INLINE void angular_batches(const AngularPlan& p, const AngularArrays& w) {
-    const std::size_t row_entries = w.n + 4 * static_cast<std::size_t>(w.num_species);
-    const int S1 = w.num_species + 1;
-    for (int a = 0; a < w.n;) {
-        const int first_row = a;
-        int m = 0;
-        while (a < w.n && (a == first_row || m + row_entries <= w.cap)) {
-            m = gather_partners<pass>(p, w, a, pass == Pass::derivatives ? 0 : a + 1, m,
-                                      w.row_run + (a - first_row) * S1);
-            ++a;
-        }
-        if (m == 0) continue;
-        batch_factors<pass>(p, w, m);
-        if constexpr (pass == Pass::chain_rule) {
-            std::fill(w.b_along, w.b_along + m, 0.0);
-            std::fill(w.b_gx, w.b_gx + m, 0.0);
-            std::fill(w.b_gy, w.b_gy + m, 0.0);
-            std::fill(w.b_gz, w.b_gz + m, 0.0);
-        }
-        for (int row = first_row; row < a; ++row) {
-            const int* run = w.row_run + (row - first_row) * S1;
-            if constexpr (pass == Pass::derivatives) {
-                derivative_row(p, w, row, run);
-            } else if constexpr (pass == Pass::chain_rule) {
-                chain_rule_row(p, w, row, run);
-            } else {
-                descriptor_row(p, w, row, run);
-            }
-        }
-        if constexpr (pass == Pass::chain_rule) {
-            for (int j = 0; j < m; ++j) {
-                const int b = w.partner[j];  // padding adds zeros to the spare slot n
-                w.along[b] += w.b_along[j];
-                w.gx[b] += w.b_gx[j];
-                w.gy[b] += w.b_gy[j];
-                w.gz[b] += w.b_gz[j];
-            }
-        }
-    }
-}
-
-MLPOT_SIMD_CLONES void descriptor_block(const AngularPlan& p, const AngularArrays& w) {
-    angular_batches<Pass::descriptors>(p, w);
-}
-
-MLPOT_SIMD_CLONES void derivative_block(const AngularPlan& p, const AngularArrays& w) {
-    angular_batches<Pass::derivatives>(p, w);
-}
-
-MLPOT_SIMD_CLONES void chain_rule_block(const AngularPlan& p, const AngularArrays& w) {
-    angular_batches<Pass::chain_rule>(p, w);
-}
-
-void angular_block(const AngularPlan& p, const AngularArrays& w) {
-    if (w.A) {
-        derivative_block(p, w);
-    } else if (w.W) {
-        chain_rule_block(p, w);
-    } else {
-        descriptor_block(p, w);
-    }
-}
-
 template <typename T>
 T* sized(std::vector<T>& buffer, std::size_t size) {
     if (buffer.size() < size) buffer.resize(size);
@@ -775,6 +254,452 @@ T* zeroed(std::vector<T>& buffer, std::size_t size) {
     T* data = sized(buffer, size);
     std::fill(data, data + size, T(0));
     return data;
+}
+
+// ---- Angular functions, LANES at a time ----
+
+// One vector of doubles (an AVX-512 register; two AVX2 or four SSE2 registers elsewhere): the
+// angular functions of one chunk, evaluated side by side. GCC and clang vector extensions.
+constexpr int LANES = 8;
+// (Aligned explicitly: GCC otherwise aligns them only as far as the baseline target's vectors.)
+typedef double lanes __attribute__((vector_size(LANES * sizeof(double)), aligned(64)));
+typedef std::int64_t lane_mask
+    __attribute__((vector_size(LANES * sizeof(std::int64_t)), aligned(64)));
+
+// Storage for lanes, aligned (std::vector<lanes> is not: GCC drops a type's attributes in
+// template arguments).
+class LaneBuffer {
+public:
+    LaneBuffer() = default;
+    LaneBuffer(const LaneBuffer&) = delete;
+    LaneBuffer& operator=(const LaneBuffer&) = delete;
+    ~LaneBuffer() { release(); }
+
+    /// At least n lanes (contents undefined after growing).
+    lanes* sized(std::size_t n) {
+        if (n > size_) {
+            release();
+            data_ = static_cast<lanes*>(::operator new(n * sizeof(lanes), alignment));
+            size_ = n;
+        }
+        return data_;
+    }
+    lanes* zeroed(std::size_t n) {
+        lanes* data = sized(n);
+        std::fill(data, data + n, lanes{});
+        return data;
+    }
+    lanes* data() const { return data_; }
+
+private:
+    static constexpr std::align_val_t alignment{alignof(lanes)};
+    void release() {
+        if (data_) ::operator delete(data_, alignment);
+        data_ = nullptr;
+        size_ = 0;
+    }
+    lanes* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+MLPOT_ALWAYS_INLINE void load_lanes(lanes& target, const double* source) {
+    std::memcpy(&target, source, sizeof target);
+}
+
+// The angular part of the set as raw arrays (SymmetryFunctions' members, see the header).
+struct LanePlan {
+    int num_species, n_blocks, n_chunks, n_groups, n_patterns, n_eta;
+    const int *chunk_group, *chunk_pattern;                // [chunk]
+    const double* group_eta;                               // [group]
+    const int *group_g4, *group_eta_index;                 // [group]
+    const double *lambda, *scale, *dscale, *zeta;          // [pattern × LANES]
+    const int* exponent;                                   // [pattern × LANES]: ζ − 1, or −1
+    const int *pattern_bits, *pattern_fractional;          // [pattern]
+    bool cosine;
+    bool all_g4;  // every function has the f_c(r_jk) factor: pairs with r_jk ≥ rc are dropped
+    double rc, inv_rc;
+};
+
+// The centre's edges inside the angular cutoff ("angular slots"), sorted by neighbour species:
+// species t occupies [run[t], run[t + 1]).
+struct AngularEdges {
+    int n;
+    const double *r, *inv_r, *ux, *uy, *uz, *vx, *vy, *vz;  // [n]
+    const int* species;                                     // [n]
+    const int* run;                                         // [S + 1]
+    std::size_t h_stride;
+    const double *h, *dh;  // [η index][h_stride]: exp(−η r²) f_c(r) and its r-derivative
+};
+
+// Scratch of the angular pass, and its results for one centre.
+struct AngularScratch {
+    std::vector<int> pair_b;          // partners b > a of the pairs (a, b), row a by row a
+    std::vector<int> row_run;         // [slot][S + 1]: row a's partners of species t start here
+    std::vector<double> rjk2;         // [pair]
+    std::vector<double> factors;      // [pair factor][cap] of a batch of rows
+    LaneBuffer powers;                // [batch pair][pattern][P, P′]
+    LaneBuffer G;                     // [block][chunk]: the descriptors (internal order)
+    LaneBuffer acc;                   // [slot][block][chunk][A, Bx, By, Bz]: see the file header
+};
+
+// Pairs per batch: the batch's pair factors (≈ 40–70 arrays of CAP doubles) stay in L1/L2.
+constexpr int CAP = 256;
+
+// Per-pair arrays of a batch ([factor][CAP]): both edges' values gathered side by side, the
+// geometry, then per distinct η the edge factors of both edges, then per group the distance
+// factors.
+enum PairFactor {
+    R_A, INV_RA, UX_A, UY_A, UZ_A, R_B, INV_RB, UX_B, UY_B, UZ_B,
+    COS_THETA, RJK2, RJK, INV_RJK, FC_JK, DFC_JK, COS_RA, COS_RB, NUM_GEOMETRY
+};
+enum EdgeFactor { H_A, DH_A, H_B, DH_B, NUM_EDGE_FACTORS };  // per distinct η
+// Per group, with derivatives (without: H only).
+enum GroupFactor { H_, DA, DB, HC_A, HC_B, HI_A, HI_B, Q_A, Q_B, NUM_GROUP_FACTORS };
+
+// Unordered pairs (a, b > a) of angular slots, row by row, partners in slot order, so that row
+// a's partners of species t are [row_run[a][t], row_run[a][t + 1]). When every function is a G4,
+// pairs with r_jk ≥ rc are left out: f_c(r_jk) = 0 makes their terms vanish, and in a dense
+// solid that is about half of the pairs. Returns the number of pairs.
+MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, AngularScratch& s) {
+    const int n = e.n, S = p.num_species;
+    const double rc2 = p.rc * p.rc;
+    const std::size_t candidates = static_cast<std::size_t>(n) * (n - 1) / 2 + 1;
+    int* __restrict pb = sized(s.pair_b, candidates);
+    double* __restrict rjk2 = sized(s.rjk2, candidates);
+    int* __restrict row_run = sized(s.row_run, static_cast<std::size_t>(n) * (S + 1));
+    int m = 0;
+    for (int a = 0; a < n; ++a) {
+        const double vxa = e.vx[a], vya = e.vy[a], vza = e.vz[a];
+        int* run = row_run + a * (S + 1);
+        for (int t = 0; t < S; ++t) {
+            run[t] = m;
+            for (int b = std::max(a + 1, e.run[t]); b < e.run[t + 1]; ++b) {
+                const double dx = e.vx[b] - vxa, dy = e.vy[b] - vya, dz = e.vz[b] - vza;
+                const double r2 = dx * dx + dy * dy + dz * dz;
+                pb[m] = b;
+                rjk2[m] = r2;
+                m += !p.all_g4 | (r2 < rc2);  // branch-free compaction
+            }
+        }
+        run[S] = m;
+    }
+    return m;
+}
+
+// Row a's values beside each of its pairs [lo, hi), and each partner's values gathered, so that
+// the pair loops below read contiguous arrays (and vectorise).
+template <bool Derivatives>
+MLPOT_ALWAYS_INLINE void gather_edges(const AngularEdges& e, int n_eta, const int* __restrict pb,
+                                      int a, int lo, int hi, double* __restrict f) {
+    const auto fill = [&](int factor, double value) {
+        double* __restrict target = f + factor * CAP;
+        MLPOT_INDEPENDENT
+        for (int j = lo; j < hi; ++j) target[j] = value;
+    };
+    const auto gather = [&](int factor, const double* __restrict source) {
+        double* __restrict target = f + factor * CAP;
+        MLPOT_INDEPENDENT
+        for (int j = lo; j < hi; ++j) target[j] = source[pb[j]];
+    };
+    fill(UX_A, e.ux[a]);
+    fill(UY_A, e.uy[a]);
+    fill(UZ_A, e.uz[a]);
+    gather(UX_B, e.ux);
+    gather(UY_B, e.uy);
+    gather(UZ_B, e.uz);
+    if constexpr (Derivatives) {
+        fill(R_A, e.r[a]);
+        fill(INV_RA, e.inv_r[a]);
+        gather(R_B, e.r);
+        gather(INV_RB, e.inv_r);
+    }
+    for (int q = 0; q < n_eta; ++q) {
+        const double* h = e.h + q * e.h_stride;
+        const double* dh = e.dh + q * e.h_stride;
+        const int base = NUM_GEOMETRY + q * NUM_EDGE_FACTORS;
+        fill(base + H_A, h[a]);
+        gather(base + H_B, h);
+        if constexpr (Derivatives) {
+            fill(base + DH_A, dh[a]);
+            gather(base + DH_B, dh);
+        }
+    }
+}
+
+// Geometry of m pairs: cos θ, r_jk, f_c(r_jk), … (r_jk ≥ rc gives f_c = f_c' = 1/r_jk = 0).
+template <bool Cosine, bool Derivatives>
+MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, const double* __restrict rjk2_in, int m, double* __restrict f) {
+    const double rc2 = p.rc * p.rc;
+    const double* __restrict uxa = f + UX_A * CAP;
+    const double* __restrict uya = f + UY_A * CAP;
+    const double* __restrict uza = f + UZ_A * CAP;
+    const double* __restrict uxb = f + UX_B * CAP;
+    const double* __restrict uyb = f + UY_B * CAP;
+    const double* __restrict uzb = f + UZ_B * CAP;
+    const double* __restrict ia = f + INV_RA * CAP;
+    const double* __restrict ib = f + INV_RB * CAP;
+    double* __restrict cos_theta = f + COS_THETA * CAP;
+    double* __restrict rjk2 = f + RJK2 * CAP;
+    double* __restrict rjk = f + RJK * CAP;
+    double* __restrict inv_rjk = f + INV_RJK * CAP;
+    double* __restrict fcjk = f + FC_JK * CAP;
+    double* __restrict dfcjk = f + DFC_JK * CAP;
+    double* __restrict c_ra = f + COS_RA * CAP;
+    double* __restrict c_rb = f + COS_RB * CAP;
+    MLPOT_INDEPENDENT
+    for (int j = 0; j < m; ++j) {
+        const double c = uxa[j] * uxb[j] + uya[j] * uyb[j] + uza[j] * uzb[j];
+        cos_theta[j] = c;
+        const double in = rjk2_in[j] < rc2 ? 1.0 : 0.0;
+        const double r2 = rjk2_in[j] < rc2 ? rjk2_in[j] : rc2;
+        double inverse, root, fc, dfc;
+        inverse_sqrt_and_sqrt(r2, inverse, root);
+        if (Cosine) {
+            cosine_cutoff(root * p.inv_rc, p.inv_rc, fc, dfc);
+        } else {
+            polynomial_cutoff(root * p.inv_rc, p.inv_rc, fc, dfc);
+        }
+        rjk2[j] = r2;
+        fcjk[j] = in * fc;
+        if constexpr (Derivatives) {
+            rjk[j] = root;
+            inv_rjk[j] = in * inverse;
+            dfcjk[j] = in * dfc;
+            c_ra[j] = c * ia[j];
+            c_rb[j] = c * ib[j];
+        }
+    }
+}
+
+// Distance factors of one group for m pairs (see the file header): H = h(r_a) h(r_b) h(r_jk)
+// (G5: without h(r_jk)) and, with derivatives, Da = ∂H/∂r_a + Q r_a, Db, H c / r_a, H c / r_b,
+// H / r_a, H / r_b, Q r_a, Q r_b. `edge` holds the group's η factors of both edges.
+template <bool G4, bool Derivatives>
+MLPOT_ALWAYS_INLINE void group_factors(double eta, int m,
+                                       const double* __restrict f,
+                                       const double* __restrict edge, double* __restrict out) {
+    const double* __restrict ha = edge + H_A * CAP;
+    const double* __restrict dha = edge + DH_A * CAP;
+    const double* __restrict hb = edge + H_B * CAP;
+    const double* __restrict dhb = edge + DH_B * CAP;
+    const double* __restrict rjk2 = f + RJK2 * CAP;
+    const double* __restrict rjk = f + RJK * CAP;
+    const double* __restrict inv_rjk = f + INV_RJK * CAP;
+    const double* __restrict fcjk = f + FC_JK * CAP;
+    const double* __restrict dfcjk = f + DFC_JK * CAP;
+    const double* __restrict ra = f + R_A * CAP;
+    const double* __restrict rb = f + R_B * CAP;
+    const double* __restrict c_ra = f + COS_RA * CAP;
+    const double* __restrict c_rb = f + COS_RB * CAP;
+    const double* __restrict ia = f + INV_RA * CAP;
+    const double* __restrict ib = f + INV_RB * CAP;
+    double* __restrict H = out + H_ * CAP;
+    double* __restrict Da = out + DA * CAP;
+    double* __restrict Db = out + DB * CAP;
+    double* __restrict Hca = out + HC_A * CAP;
+    double* __restrict Hcb = out + HC_B * CAP;
+    double* __restrict Hia = out + HI_A * CAP;
+    double* __restrict Hib = out + HI_B * CAP;
+    double* __restrict Qa = out + Q_A * CAP;
+    double* __restrict Qb = out + Q_B * CAP;
+    MLPOT_INDEPENDENT
+    for (int j = 0; j < m; ++j) {
+        const double hab = ha[j] * hb[j];
+        if constexpr (G4) {
+            const double ex = exp_nonpositive(-eta * rjk2[j]);
+            const double hjk = ex * fcjk[j];
+            const double Hj = hab * hjk;
+            H[j] = Hj;
+            if constexpr (Derivatives) {
+                const double dhjk = ex * (dfcjk[j] - 2.0 * eta * rjk[j] * fcjk[j]);
+                const double Q = hab * dhjk * inv_rjk[j];
+                Qa[j] = Q * ra[j];
+                Qb[j] = Q * rb[j];
+                Da[j] = dha[j] * hb[j] * hjk + Q * ra[j];
+                Db[j] = ha[j] * dhb[j] * hjk + Q * rb[j];
+                Hca[j] = Hj * c_ra[j];
+                Hcb[j] = Hj * c_rb[j];
+                Hia[j] = Hj * ia[j];
+                Hib[j] = Hj * ib[j];
+            }
+        } else {
+            H[j] = hab;
+            if constexpr (Derivatives) {
+                Qa[j] = 0.0;
+                Qb[j] = 0.0;
+                Da[j] = dha[j] * hb[j];
+                Db[j] = ha[j] * dhb[j];
+                Hca[j] = hab * c_ra[j];
+                Hcb[j] = hab * c_rb[j];
+                Hia[j] = hab * ia[j];
+                Hib[j] = hab * ib[j];
+            }
+        }
+    }
+}
+
+// P = 2^{1−ζ} x^ζ and P′ = ζ λ 2^{1−ζ} x^{ζ−1}, x = max(1 + λ cos θ, 0), for every pattern's
+// lanes: x^{ζ−1} by binary powering with per-lane bits (integer ζ ≤ MAX_INTEGER_ZETA), std::pow
+// for the lanes of non-integer ζ. Padding lanes have scale 0: P = P′ = 0.
+template <bool Derivatives>
+MLPOT_ALWAYS_INLINE void angular_powers(const LanePlan& p, const double* __restrict cos_theta,
+                                        int m, lanes* __restrict out) {
+    constexpr int per_pattern = Derivatives ? 2 : 1;
+    for (int q = 0; q < p.n_patterns; ++q) {
+        lanes lambda, scale, dscale;
+        load_lanes(lambda, p.lambda + q * LANES);
+        load_lanes(scale, p.scale + q * LANES);
+        load_lanes(dscale, p.dscale + q * LANES);
+        const int* exponent = p.exponent + q * LANES;
+        const int bits = p.pattern_bits[q];
+        lane_mask bit[MAX_EXPONENT_BITS];
+        for (int k = 0; k < bits; ++k) {
+            for (int l = 0; l < LANES; ++l) {
+                bit[k][l] = exponent[l] >= 0 && ((exponent[l] >> k) & 1) ? -1 : 0;
+            }
+        }
+        const bool fractional = p.pattern_fractional[q];
+        for (int j = 0; j < m; ++j) {
+            lanes x = 1.0 + lambda * cos_theta[j];
+            x = x > lanes{} ? x : lanes{};
+            lanes xe = lanes{} + 1.0, square = x;
+            for (int k = 0; k < bits; ++k) {
+                xe = bit[k] ? xe * square : xe;
+                square = square * square;
+            }
+            if (fractional) {
+                for (int l = 0; l < LANES; ++l) {
+                    if (exponent[l] < 0) xe[l] = std::pow(x[l], p.zeta[q * LANES + l] - 1.0);
+                }
+            }
+            lanes* o = out + (static_cast<std::size_t>(j) * p.n_patterns + q) * per_pattern;
+            o[0] = scale * xe * x;
+            if constexpr (Derivatives) o[1] = dscale * xe;
+        }
+    }
+}
+
+// Index of the unordered species pair (s, t) in the angular block.
+inline int species_pair(int s, int t) {
+    return s >= t ? s * (s + 1) / 2 + t : t * (t + 1) / 2 + s;
+}
+
+// The batch's pairs [p0, p0 + m) of rows [a0, a1): the chunk's lanes of G and, with derivatives,
+// of both edges' A and B (see the file header), row a's side kept in registers over its
+// partners.
+template <bool Derivatives>
+MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, AngularScratch& s,
+                                    int a0, int a1, int p0, int m) {
+    constexpr int per_pattern = Derivatives ? 2 : 1;
+    constexpr int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
+    const int S = p.num_species, nb = p.n_blocks, nc = p.n_chunks;
+    const std::size_t stride = static_cast<std::size_t>(p.n_patterns) * per_pattern;
+    const int* __restrict pb = s.pair_b.data() + p0;
+    const double* __restrict f = s.factors.data();
+    const double* __restrict groups = f + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * CAP;
+    lanes* __restrict acc = s.acc.data();
+    for (int a = a0; a < a1; ++a) {
+        const int* run = s.row_run.data() + a * (S + 1);
+        const double uxa = e.ux[a], uya = e.uy[a], uza = e.uz[a];
+        for (int t = 0; t < S; ++t) {
+            const int lo = std::max(run[t] - p0, 0), hi = std::min(run[t + 1] - p0, m);
+            if (lo >= hi) continue;
+            const int block = species_pair(e.species[a], t);
+            for (int c = 0; c < nc; ++c) {
+                const double* __restrict g = groups + p.chunk_group[c] * per_group * CAP;
+                const lanes* __restrict P = s.powers.data() + p.chunk_pattern[c] * per_pattern;
+                lanes& G = s.G.data()[block * nc + c];
+                lanes sG = G;
+                if constexpr (!Derivatives) {
+                    for (int j = lo; j < hi; ++j) sG += P[j * stride] * g[j];
+                    G = sG;
+                    continue;
+                }
+                lanes* row = acc + ((static_cast<std::size_t>(a) * nb + block) * nc + c) * 4;
+                lanes sA = row[0], sx = row[1], sy = row[2], sz = row[3];
+                for (int j = lo; j < hi; ++j) {
+                    const lanes Pj = P[j * stride], dPj = P[j * stride + 1];
+                    sG += Pj * g[H_ * CAP + j];
+                    sA += Pj * g[DA * CAP + j] - dPj * g[HC_A * CAP + j];
+                    const lanes beta_a = dPj * g[HI_A * CAP + j] - Pj * g[Q_B * CAP + j];
+                    sx += beta_a * f[UX_B * CAP + j];
+                    sy += beta_a * f[UY_B * CAP + j];
+                    sz += beta_a * f[UZ_B * CAP + j];
+                    lanes* other =
+                        acc + ((static_cast<std::size_t>(pb[j]) * nb + block) * nc + c) * 4;
+                    const lanes beta_b = dPj * g[HI_B * CAP + j] - Pj * g[Q_A * CAP + j];
+                    other[0] += Pj * g[DB * CAP + j] - dPj * g[HC_B * CAP + j];
+                    other[1] += beta_b * uxa;
+                    other[2] += beta_b * uya;
+                    other[3] += beta_b * uza;
+                }
+                G = sG;
+                row[0] = sA;
+                row[1] = sx;
+                row[2] = sy;
+                row[3] = sz;
+            }
+        }
+    }
+}
+
+// The angular block of one centre into s.G (and s.acc): the pairs, then batches of CAP pairs
+// whose pair factors are computed in long vector loops.
+template <bool Derivatives>
+MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, AngularScratch& s) {
+    const int n = e.n, S = p.num_species;
+    const std::size_t cells = static_cast<std::size_t>(p.n_blocks) * p.n_chunks;
+    s.G.zeroed(cells);
+    if constexpr (Derivatives) s.acc.zeroed(static_cast<std::size_t>(n) * cells * 4);
+    if (n < 2) return;
+    const int n_pairs = build_pairs(p, e, s);
+    const int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
+    double* f = sized(s.factors, CAP * (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS +
+                                        p.n_groups * per_group));
+    s.powers.sized(CAP * p.n_patterns * (Derivatives ? 2 : 1));
+    const int* row_run = s.row_run.data();
+    const auto row_begin = [&](int a) { return row_run[a * (S + 1)]; };
+    const auto row_end = [&](int a) { return row_run[a * (S + 1) + S]; };
+    int a0 = 0;
+    for (int p0 = 0; p0 < n_pairs; p0 += CAP) {
+        const int m = std::min(CAP, n_pairs - p0);
+        while (row_end(a0) <= p0) ++a0;  // the first row with pairs in the batch
+        int a1 = a0;
+        const int* pb = s.pair_b.data() + p0;
+        for (; a1 < n && row_begin(a1) < p0 + m; ++a1) {
+            gather_edges<Derivatives>(e, p.n_eta, pb, a1, std::max(row_begin(a1) - p0, 0),
+                                      std::min(row_end(a1) - p0, m), f);
+        }
+        const double* rjk2 = s.rjk2.data() + p0;
+        if (p.cosine) {
+            pair_geometry<true, Derivatives>(p, rjk2, m, f);
+        } else {
+            pair_geometry<false, Derivatives>(p, rjk2, m, f);
+        }
+        const double* edge = f + NUM_GEOMETRY * CAP;
+        double* group = f + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * CAP;
+        for (int g = 0; g < p.n_groups; ++g) {
+            const double* edge_g = edge + p.group_eta_index[g] * NUM_EDGE_FACTORS * CAP;
+            double* out = group + g * per_group * CAP;
+            if (p.group_g4[g]) {
+                group_factors<true, Derivatives>(p.group_eta[g], m, f, edge_g, out);
+            } else {
+                group_factors<false, Derivatives>(p.group_eta[g], m, f, edge_g, out);
+            }
+        }
+        angular_powers<Derivatives>(p, f + COS_THETA * CAP, m, s.powers.data());
+        accumulate<Derivatives>(p, e, s, a0, a1, p0, m);
+    }
+}
+
+MLPOT_SIMD_CLONES void angular_descriptors(const LanePlan& p, const AngularEdges& e,
+                                           AngularScratch& s) {
+    angular_pass<false>(p, e, s);
+}
+
+MLPOT_SIMD_CLONES void angular_derivatives(const LanePlan& p, const AngularEdges& e,
+                                           AngularScratch& s) {
+    angular_pass<true>(p, e, s);
 }
 
 }  // namespace
@@ -805,13 +730,8 @@ struct SymmetryFunctions::Workspace {
     std::vector<double> ar, ainv, aux, auy, auz, avx, avy, avz;
     std::vector<int> aspecies;
     std::vector<double> h, dh, fc_tmp, dfc_tmp;
-    std::vector<int> partner, row_run;  // the gathered partners of a batch of rows
-    std::vector<double> pair_scratch;   // per-entry arrays of the batch
-    std::vector<double> angular_G;  // [n_pairs × n_angular] (internal order)
-    std::vector<double> angular_A;  // [angular slot][n_pairs × n_angular]
-    std::vector<double> angular_B;  // [angular slot][n_pairs × n_angular][3]
+    AngularScratch angular;                  // pairs, pair factors and the angular results
     std::vector<double> descriptor, weight;  // gradient() only
-    std::vector<double> along, gx, gy, gz, WP, WdP;  // chain-rule mode
 };
 
 SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
@@ -865,7 +785,8 @@ SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
         radial_r_s_.push_back(f.r_s);
     }
 
-    // Group angular functions by (η, kind), groups in order of first appearance.
+    // Group angular functions by (η, kind), groups in order of first appearance; each group's
+    // functions, LANES at a time, form its chunks.
     std::vector<std::pair<double, int>> keys;
     std::vector<int> group_of(num_angular_);
     for (int k = 0; k < num_angular_; ++k) {
@@ -878,50 +799,68 @@ SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
     for (int g = 0; g < static_cast<int>(keys.size()); ++g) {
         group_eta_.push_back(keys[g].first);
         group_g4_.push_back(keys[g].second);
-        group_begin_.push_back(static_cast<int>(angular_order_.size()));
-        for (int k = 0; k < num_angular_; ++k) {
-            if (group_of[k] == g) angular_order_.push_back(k);
-        }
-        group_end_.push_back(static_cast<int>(angular_order_.size()));
         auto found = std::find(distinct_eta_.begin(), distinct_eta_.end(), keys[g].first);
         group_eta_index_.push_back(static_cast<int>(found - distinct_eta_.begin()));
         if (found == distinct_eta_.end()) distinct_eta_.push_back(keys[g].first);
-    }
-    for (int internal = 0; internal < num_angular_; ++internal) {
-        const auto& f = p.angular[angular_order_[internal]];
-        int index = -1;
-        for (int q = 0; q < static_cast<int>(power_zeta_.size()); ++q) {
-            if (power_zeta_[q] == f.zeta && power_lambda_[q] == f.lambda) index = q;
+        std::vector<int> functions;
+        for (int k = 0; k < num_angular_; ++k) {
+            if (group_of[k] == g) functions.push_back(k);
         }
-        if (index < 0) {
-            const bool is_integer = f.zeta == std::floor(f.zeta) && f.zeta <= MAX_INTEGER_ZETA;
-            const double scale = std::pow(2.0, 1.0 - f.zeta);
-            power_zeta_.push_back(f.zeta);
-            power_lambda_.push_back(f.lambda);
-            power_scale_.push_back(scale);
-            power_dscale_.push_back(scale * f.zeta * f.lambda);
-            power_exponent_.push_back(is_integer ? static_cast<int>(f.zeta) - 1 : -1);
-            index = static_cast<int>(power_zeta_.size()) - 1;
+        for (std::size_t start = 0; start < functions.size(); start += LANES) {
+            // The chunk's lane constants; padding lanes get scale 0, so P = P' = 0 there.
+            double lambda[LANES], zeta[LANES], scale[LANES], dscale[LANES];
+            int exponent[LANES];
+            for (int l = 0; l < LANES; ++l) {
+                const bool used = start + l < functions.size();
+                const int k = used ? functions[start + l] : -1;
+                chunk_function_.push_back(k);
+                lambda[l] = used ? p.angular[k].lambda : 1.0;
+                zeta[l] = used ? p.angular[k].zeta : 1.0;
+                const bool integer = zeta[l] == std::floor(zeta[l]) && zeta[l] <= MAX_INTEGER_ZETA;
+                exponent[l] = integer ? static_cast<int>(zeta[l]) - 1 : -1;
+                scale[l] = used ? std::pow(2.0, 1.0 - zeta[l]) : 0.0;
+                dscale[l] = scale[l] * zeta[l] * lambda[l];
+            }
+            const int n_patterns = static_cast<int>(pattern_bits_.size());
+            int pattern = n_patterns;
+            for (int q = 0; q < n_patterns && pattern == n_patterns; ++q) {
+                bool same = true;
+                for (int l = 0; l < LANES; ++l) {
+                    same = same && pattern_lambda_[q * LANES + l] == lambda[l] &&
+                           pattern_zeta_[q * LANES + l] == zeta[l] &&
+                           pattern_scale_[q * LANES + l] == scale[l];
+                }
+                if (same) pattern = q;
+            }
+            if (pattern == n_patterns) {
+                int bits = 0, fractional = 0;
+                for (int l = 0; l < LANES; ++l) {
+                    pattern_lambda_.push_back(lambda[l]);
+                    pattern_zeta_.push_back(zeta[l]);
+                    pattern_scale_.push_back(scale[l]);
+                    pattern_dscale_.push_back(dscale[l]);
+                    pattern_exponent_.push_back(exponent[l]);
+                    fractional |= exponent[l] < 0;
+                    for (int e = exponent[l], k = 0; e > 0; e >>= 1, ++k) bits = std::max(bits, k + 1);
+                }
+                pattern_bits_.push_back(bits);
+                pattern_fractional_.push_back(fractional);
+            }
+            chunk_group_.push_back(g);
+            chunk_pattern_.push_back(pattern);
         }
-        function_power_.push_back(index);
     }
     all_g4_ = std::all_of(group_g4_.begin(), group_g4_.end(), [](int g4) { return g4 != 0; });
-    for (const int exponent : power_exponent_) {
-        for (int m = exponent, k = 0; m > 0; m >>= 1, ++k) {
-            ladder_bits_ = std::max(ladder_bits_, k + 1);
-        }
-    }
 }
 
 void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t* edge_ids,
                                        std::int64_t n_edges, Workspace& w, double* descriptor,
-                                       bool derivatives, const double* angular_weights) const {
+                                       bool derivatives) const {
     const auto& p = parameters_;
     const double rc2 = p.cutoff * p.cutoff;
     const double rca = p.angular_cutoff;
     const bool cosine = p.cutoff_function == CutoffFunction::cosine;
     const int n_rad_features = num_species_ * num_radial_;
-    const int n_ang_features = num_pairs_ * num_angular_;
     const auto n_max = static_cast<std::size_t>(n_edges);
 
     std::fill(descriptor, descriptor + num_features_, 0.0);
@@ -985,18 +924,18 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     }
     for (int t = 0; t < num_species_; ++t) run[t + 1] += run[t];
     int* angular_of_slot = sized(w.angular_of_slot, std::max(n_slots, 1));
-    double* ar = zeroed(w.ar, na + 1);  // slot na stays zero: the padding partner
-    double* ainv = zeroed(w.ainv, na + 1);
-    double* aux = zeroed(w.aux, na + 1);
-    double* auy = zeroed(w.auy, na + 1);
-    double* auz = zeroed(w.auz, na + 1);
+    double* ar = sized(w.ar, na);
+    double* ainv = sized(w.ainv, na);
+    double* aux = sized(w.aux, na);
+    double* auy = sized(w.auy, na);
+    double* auz = sized(w.auz, na);
     double* avx = sized(w.avx, na);
     double* avy = sized(w.avy, na);
     double* avz = sized(w.avz, na);
     int* aspecies = sized(w.aspecies, na);
-    for (int s = 0; s < n_slots; ++s) angular_of_slot[s] = -1;
     std::vector<int> next(run, run + num_species_);
     for (int s = 0; s < n_slots; ++s) {
+        angular_of_slot[s] = -1;
         if (!(r[s] < rca)) continue;
         const int a = next[species[s]]++;
         const double* v = edges.vectors + 3 * slot_edge[s];
@@ -1011,129 +950,55 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
         avz[a] = v[2];
         aspecies[a] = species[s];
     }
-    AngularArrays arrays{};
-    arrays.n = n_ang;
-    arrays.r = ar;
-    arrays.inv_r = ainv;
-    arrays.ux = aux;
-    arrays.uy = auy;
-    arrays.uz = auz;
-    arrays.vx = avx;
-    arrays.vy = avy;
-    arrays.vz = avz;
-    arrays.species = aspecies;
-    arrays.run = run;
-    arrays.num_species = num_species_;
-    const int n_eta = static_cast<int>(distinct_eta_.size());
-    const int n_groups = static_cast<int>(group_eta_.size());
-    const int n_pow = static_cast<int>(power_zeta_.size());
-    arrays.n_eta = n_eta;
-    arrays.h_stride = na + 1;
-    double* h = zeroed(w.h, arrays.h_stride * n_eta);
-    double* dh = zeroed(w.dh, arrays.h_stride * n_eta);
-    if (n_ang > 0) {
-        edge_factors(n_ang, arrays.h_stride, ar, n_eta, distinct_eta_.data(), cosine, 1.0 / rca,
-                     h, dh, sized(w.fc_tmp, na), sized(w.dfc_tmp, na));
-    }
-    arrays.h = h;
-    arrays.dh = dh;
-    // Batch scratch: the gathered partners of a batch of rows and everything per pair (see
-    // angular_block); ~1000 entries keep it within a core's L2 cache for the usual sets. The
-    // array length is not a multiple of 512 bytes, so that the arrays that one loop reads at
-    // the same index fall into different L1 cache sets.
-    const std::size_t row_entries = na + 4 * static_cast<std::size_t>(num_species_) + 4;
-    const std::size_t cap = std::max<std::size_t>(1000, row_entries) | 8;
-    arrays.cap = cap;
-    arrays.partner = sized(w.partner, cap);
-    arrays.row_run = sized(w.row_run, std::max<std::size_t>(na, 1) * (num_species_ + 1));
-    double* pair_scratch = sized(w.pair_scratch, cap * (25 + 4 * n_eta + 5 * n_groups +
-                                                        2 * n_pow + std::max(ladder_bits_ - 1, 0)));
-    double** next_array = &pair_scratch;
-    auto take = [&](std::size_t count) {
-        double* begin = *next_array;
-        *next_array += count * cap;
-        return begin;
-    };
-    arrays.r_a = take(1);
-    arrays.inv_r_a = take(1);
-    arrays.ux_a = take(1);
-    arrays.uy_a = take(1);
-    arrays.uz_a = take(1);
-    arrays.r_b = take(1);
-    arrays.inv_r_b = take(1);
-    arrays.ux_b = take(1);
-    arrays.uy_b = take(1);
-    arrays.uz_b = take(1);
-    arrays.rjk2 = take(1);
-    arrays.cos_theta = take(1);
-    arrays.c_ra = take(1);
-    arrays.c_rb = take(1);
-    arrays.rjk = take(1);
-    arrays.inv_rjk = take(1);
-    arrays.fcjk = take(1);
-    arrays.dfcjk = take(1);
-    arrays.x = take(1);
-    arrays.b_along = take(1);
-    arrays.b_gx = take(1);
-    arrays.b_gy = take(1);
-    arrays.b_gz = take(1);
-    arrays.WP = take(1);
-    arrays.WdP = take(1);
-    arrays.h_a = take(n_eta);
-    arrays.dh_a = take(n_eta);
-    arrays.h_b = take(n_eta);
-    arrays.dh_b = take(n_eta);
-    arrays.H = take(n_groups);
-    arrays.Da = take(n_groups);
-    arrays.Db = take(n_groups);
-    arrays.Qa = take(n_groups);
-    arrays.Qb = take(n_groups);
-    arrays.P = take(n_pow);
-    arrays.dP = take(n_pow);
-    arrays.squares = take(std::max(ladder_bits_ - 1, 0));  // x^(2^k), k ≥ 1
-    arrays.G = sized(w.angular_G, n_ang_features);
-    std::fill(arrays.G, arrays.G + n_ang_features, 0.0);
-    arrays.A = arrays.B = nullptr;
-    arrays.W = angular_weights;
-    if (angular_weights) {  // chain-rule mode: no per-function derivative arrays
-        arrays.along = zeroed(w.along, na + 1);
-        arrays.gx = zeroed(w.gx, na + 1);
-        arrays.gy = zeroed(w.gy, na + 1);
-        arrays.gz = zeroed(w.gz, na + 1);
-    } else if (derivatives) {
-        arrays.A = zeroed(w.angular_A, na * n_ang_features);
-        arrays.B = zeroed(w.angular_B, na * 3 * n_ang_features);
-    }
     w.n_angular = n_ang;
-
-    if (n_ang > 1) {
-        const AngularPlan plan{n_groups,
-                               n_pow,
-                               num_angular_,
-                               n_ang_features,
-                               group_eta_.data(),
-                               group_g4_.data(),
-                               group_begin_.data(),
-                               group_end_.data(),
-                               group_eta_index_.data(),
-                               power_lambda_.data(),
-                               power_zeta_.data(),
-                               power_scale_.data(),
-                               power_dscale_.data(),
-                               power_exponent_.data(),
-                               function_power_.data(),
-                               ladder_bits_,
-                               cosine,
-                               all_g4_,
-                               rca,
-                               1.0 / rca};
-        angular_block(plan, arrays);
+    const int n_eta = static_cast<int>(distinct_eta_.size());
+    const std::size_t h_stride = std::max<std::size_t>(na, 1);
+    double* h = sized(w.h, h_stride * n_eta);
+    double* dh = sized(w.dh, h_stride * n_eta);
+    if (n_ang > 0) {
+        edge_factors(n_ang, h_stride, ar, n_eta, distinct_eta_.data(), cosine, 1.0 / rca, h, dh,
+                     sized(w.fc_tmp, na), sized(w.dfc_tmp, na));
     }
-    // Angular descriptors back to the user order.
+    const AngularEdges angular_edges{n_ang, ar,  ainv,     aux, auy, auz,      avx, avy,
+                                     avz,   aspecies, run, h_stride, h,   dh};
+    const LanePlan plan{num_species_,
+                        num_pairs_,
+                        static_cast<int>(chunk_group_.size()),
+                        static_cast<int>(group_eta_.size()),
+                        static_cast<int>(pattern_bits_.size()),
+                        n_eta,
+                        chunk_group_.data(),
+                        chunk_pattern_.data(),
+                        group_eta_.data(),
+                        group_g4_.data(),
+                        group_eta_index_.data(),
+                        pattern_lambda_.data(),
+                        pattern_scale_.data(),
+                        pattern_dscale_.data(),
+                        pattern_zeta_.data(),
+                        pattern_exponent_.data(),
+                        pattern_bits_.data(),
+                        pattern_fractional_.data(),
+                        cosine,
+                        all_g4_,
+                        rca,
+                        1.0 / rca};
+    if (derivatives) {
+        angular_derivatives(plan, angular_edges, w.angular);
+    } else {
+        angular_descriptors(plan, angular_edges, w.angular);
+    }
+    // Angular descriptors in the user order.
     double* out = descriptor + n_rad_features;
+    const int n_chunks = plan.n_chunks;
     for (int pair = 0; pair < num_pairs_; ++pair) {
-        const int base = pair * num_angular_;
-        for (int f = 0; f < num_angular_; ++f) out[base + angular_order_[f]] = arrays.G[base + f];
+        for (int c = 0; c < n_chunks; ++c) {
+            const lanes G = w.angular.G.data()[pair * n_chunks + c];
+            for (int l = 0; l < LANES; ++l) {
+                const int f = chunk_function_[c * LANES + l];
+                if (f >= 0) out[pair * num_angular_ + f] = G[l];
+            }
+        }
     }
 }
 
@@ -1233,17 +1098,21 @@ void SymmetryFunctions::compute(const EdgeList& edges, const std::int64_t* centr
                 std::fill(out_ang, out_ang + 3 * static_cast<std::size_t>(n_ang_features), 0.0);
                 continue;
             }
-            const double* AA = w.angular_A.data() + static_cast<std::size_t>(a) * n_ang_features;
-            const double* BB =
-                w.angular_B.data() + 3 * static_cast<std::size_t>(a) * n_ang_features;
+            // A u + B lane by lane (see the file header), in the user order.
+            const int n_chunks = static_cast<int>(chunk_group_.size());
+            const lanes* acc = w.angular.acc.data() + static_cast<std::size_t>(a) * num_pairs_ * n_chunks * 4;
             for (int pair = 0; pair < num_pairs_; ++pair) {
-                const int base = pair * num_angular_;
-                for (int f = 0; f < num_angular_; ++f) {
-                    const int k = base + f;
-                    double* o = out_ang + 3 * (base + angular_order_[f]);
-                    o[0] = AA[k] * u0 + BB[3 * k];
-                    o[1] = AA[k] * u1 + BB[3 * k + 1];
-                    o[2] = AA[k] * u2 + BB[3 * k + 2];
+                for (int c = 0; c < n_chunks; ++c, acc += 4) {
+                    const lanes gx = acc[0] * u0 + acc[1], gy = acc[0] * u1 + acc[2],
+                                gz = acc[0] * u2 + acc[3];
+                    for (int l = 0; l < LANES; ++l) {
+                        const int f = chunk_function_[c * LANES + l];
+                        if (f < 0) continue;
+                        double* o = out_ang + 3 * (pair * num_angular_ + f);
+                        o[0] = gx[l];
+                        o[1] = gy[l];
+                        o[2] = gz[l];
+                    }
                 }
             }
         }
@@ -1299,21 +1168,27 @@ void SymmetryFunctions::gradient(const EdgeList& edges, const std::int64_t* cent
     std::fill(gradient, gradient + 3 * static_cast<std::size_t>(edges.num_edges), 0.0);
     const int F = num_features_;
     const int n_rad_features = num_species_ * num_radial_;
-    const int n_ang_features = num_pairs_ * num_angular_;
+    const int n_chunks = static_cast<int>(chunk_group_.size());
+    const std::size_t cells = static_cast<std::size_t>(num_pairs_) * n_chunks;
     Workspace w;
     double* descriptor = sized(w.descriptor, F);
-    double* W = sized(w.weight, std::max(n_ang_features, 1));
+    LaneBuffer weight_buffer;  // dE/dG of the angular block in lanes (0: padding)
+    lanes* weights = weight_buffer.sized(cells);
     for (std::int64_t c = 0; c < n_centres; ++c) {
         const std::int64_t i = centres[c];
         const std::int64_t* ids = order.data() + offsets[i];
         const std::int64_t n = offsets[i + 1] - offsets[i];
         const double* wgt = dE_dG + static_cast<std::size_t>(c) * F;
-        const double* wgt_ang = wgt + n_rad_features;
         for (int pair = 0; pair < num_pairs_; ++pair) {
-            const int base = pair * num_angular_;
-            for (int f = 0; f < num_angular_; ++f) W[base + f] = wgt_ang[base + angular_order_[f]];
+            for (int k = 0; k < n_chunks; ++k) {
+                for (int l = 0; l < LANES; ++l) {
+                    const int f = chunk_function_[k * LANES + l];
+                    weights[pair * n_chunks + k][l] =
+                        f < 0 ? 0.0 : wgt[n_rad_features + pair * num_angular_ + f];
+                }
+            }
         }
-        compute_centre(edges, ids, n, w, descriptor, true, W);
+        compute_centre(edges, ids, n, w, descriptor, true);
         for (int s = 0; s < w.n_slots; ++s) {
             const std::int64_t e = w.slot_edge[s];
             const double* A = w.radial_A.data() + static_cast<std::size_t>(s) * n_rad_features;
@@ -1321,10 +1196,20 @@ void SymmetryFunctions::gradient(const EdgeList& edges, const std::int64_t* cent
             for (int f = 0; f < n_rad_features; ++f) along += wgt[f] * A[f];
             const int a = num_angular_ > 0 ? w.angular_of_slot[s] : -1;
             if (a >= 0) {
-                along += w.along[a];
-                b0 = w.gx[a];
-                b1 = w.gy[a];
-                b2 = w.gz[a];
+                const lanes* acc = w.angular.acc.data() + static_cast<std::size_t>(a) * cells * 4;
+                lanes sA{}, sx{}, sy{}, sz{};
+                for (std::size_t k = 0; k < cells; ++k) {
+                    sA += weights[k] * acc[4 * k];
+                    sx += weights[k] * acc[4 * k + 1];
+                    sy += weights[k] * acc[4 * k + 2];
+                    sz += weights[k] * acc[4 * k + 3];
+                }
+                for (int l = 0; l < LANES; ++l) {
+                    along += sA[l];
+                    b0 += sx[l];
+                    b1 += sy[l];
+                    b2 += sz[l];
+                }
             }
             gradient[3 * e] = along * w.slot_ux[s] + b0;
             gradient[3 * e + 1] = along * w.slot_uy[s] + b1;

@@ -96,22 +96,19 @@ public:
     void contract(const EdgeList& edges, const std::int64_t* centres, std::int64_t n_centres,
                   const double* derivatives, const double* dE_dG, double* gradient) const;
 
-    /// The same gradient[num_edges, 3] without storing derivatives: they are recomputed one centre
-    /// at a time and contracted with dE_dG[n_centres, F] group by group (per (η, kind), never per
-    /// function): about the cost of compute() with derivatives, without its O(E × F) memory.
-    /// `centres` must not repeat atoms.
+    /// The same gradient[num_edges, 3] without storing derivatives: they are computed one centre
+    /// at a time and contracted with dE_dG[n_centres, F] at once (the cost of compute() with
+    /// derivatives, without its O(E × F) memory). `centres` must not repeat atoms.
     void gradient(const EdgeList& edges, const std::int64_t* centres, std::int64_t n_centres,
                   const double* dE_dG, double* gradient) const;
 
     struct Workspace;  // per-call scratch (defined in the .cpp)
 
 private:
-    // One centre: descriptor (angular part skipped in chain-rule mode), derivative pieces in
-    // `work`; with angular_weights (dE/dG of the angular block, internal order) the angular
-    // derivatives are contracted on the fly (chain-rule mode, used by gradient()).
+    // One centre: descriptor, and with `derivatives` the derivative pieces in `work` (radial
+    // coefficients per slot, angular A and B per angular slot).
     void compute_centre(const EdgeList& edges, const std::int64_t* edge_ids, std::int64_t n_edges,
-                        Workspace& work, double* descriptor, bool derivatives,
-                        const double* angular_weights = nullptr) const;
+                        Workspace& work, double* descriptor, bool derivatives) const;
 
     SymmetryFunctionParameters parameters_;
     int num_species_ = 0;
@@ -121,21 +118,22 @@ private:
     int num_features_ = 0;
     std::vector<double> radial_eta_, radial_r_s_;
 
-    // Angular functions are evaluated in an internal order grouped by (η, kind): a group shares
-    // the distance factor exp(−η …) f_c f_c (f_c). angular_order_[internal] = user index.
-    std::vector<int> angular_order_;
+    // Angular functions are grouped by (η, kind): a group shares the distance factor
+    // exp(−η …) f_c f_c (f_c). Each group's functions form "chunks" of the kernel's vector width
+    // (8), evaluated side by side, one function per lane.
     std::vector<double> group_eta_;        // per group
     std::vector<int> group_g4_;            // 1: G4 (has the r_jk factor), 0: G5
-    std::vector<int> group_begin_, group_end_;  // internal function range
     std::vector<int> group_eta_index_;     // into distinct_eta_
     std::vector<double> distinct_eta_;     // η of the per-edge factors exp(−η r²) f_c(r)
-    // Distinct (ζ, λ): the angular factor 2^{1−ζ} (1 + λ cos θ)^ζ and its derivative.
-    std::vector<double> power_zeta_, power_lambda_;
-    std::vector<double> power_scale_, power_dscale_;  // 2^{1−ζ}, ζ λ 2^{1−ζ}
-    std::vector<int> power_exponent_;  // ζ − 1 when ζ is an integer ≤ 64, else −1
-    std::vector<int> function_power_;  // internal function → power index
-    int ladder_bits_ = 1;              // squares x, x², x⁴, … used for the integer ζ − 1
-    bool all_g4_ = false;              // every angular function has the f_c(r_jk) factor
+    std::vector<int> chunk_group_, chunk_pattern_;  // per chunk
+    std::vector<int> chunk_function_;      // [chunk × 8 + lane]: user angular index, −1: padding
+    // Patterns: a chunk's lane constants (λ, ζ, 2^{1−ζ}, ζ λ 2^{1−ζ}, ζ − 1 or −1 for
+    // non-integer ζ) [pattern × 8 + lane]; chunks with equal patterns share (1 + λ cos θ)^ζ.
+    std::vector<double> pattern_lambda_, pattern_zeta_, pattern_scale_, pattern_dscale_;
+    std::vector<int> pattern_exponent_;
+    std::vector<int> pattern_bits_;        // bits of the pattern's largest integer ζ − 1
+    std::vector<int> pattern_fractional_;  // 1: some lane has a non-integer ζ (std::pow)
+    bool all_g4_ = false;                  // every angular function has the f_c(r_jk) factor
 };
 
 }  // namespace mlpot
