@@ -1,15 +1,15 @@
 // Atom-centred symmetry functions: see symmetry_functions.hpp for definitions and layouts.
 //
-// Derivatives. Per centre i, with a = r_ij, b = r_ik, unit vectors u, c = cos θ = u_a·u_b and
-// w = (b − a)/r_jk = (r_b u_b − r_a u_a)/r_jk, every term T(a, b) of G4/G5 has its gradient in the
-// plane of u_a and u_b:
-//   ∂T/∂a = A_ab u_a + B_ab u_b,   ∂T/∂b = A_ba u_b + B_ba u_a.
-// With T = P(c) H(r_a, r_b, r_jk), P = 2^{1−ζ}(1 + λc)^ζ, H = h(r_a) h(r_b) h(r_jk),
-// h(r) = exp(−η r²) f_c(r) (G5: H = h(r_a) h(r_b)) and ∂c/∂a = (u_b − c u_a)/r_a:
-//   A_ab = P (∂H/∂r_a + Q r_a) − P' H c / r_a,   B_ab = P' H / r_a − P Q r_b,   Q = (∂H/∂r_jk)/r_jk
-// (and a ↔ b). The u_a coefficients of an edge are summed as scalars over its partners and
-// multiplied by u_a once at the end; only the B terms need a vector accumulator. Radial terms lie
-// along u_a.
+// Derivatives. Per centre i, with edge vectors a = r_ij, b = r_ik, lengths r_a, r_b,
+// c = cos θ = a·b / (r_a r_b) and r_jk = |b − a|, every term T(a, b) = P(c) H(r_a, r_b, r_jk) of
+// G4/G5, P = 2^{1−ζ}(1 + λc)^ζ, H = h(r_a) h(r_b) h(r_jk), h(r) = exp(−η r²) f_c(r) (G5: H =
+// h(r_a) h(r_b)), has its gradient in the plane of a and b, with one shared coefficient:
+//   ∂T/∂a = A_a a + β b,   ∂T/∂b = A_b b + β a,
+//   A_a = P X_a − P' Y_a,   β = P' Z − P Q,
+//   X_a = (∂H/∂r_a)/r_a + Q,   Y_a = H c / r_a²,   Z = H / (r_a r_b),   Q = (∂H/∂r_jk)/r_jk
+// (and a ↔ b), from ∂c/∂a = b/(r_a r_b) − c a/r_a² and ∂r_jk/∂a = (a − b)/r_jk. The a coefficients
+// of an edge are summed as scalars over its partners and multiplied by a once at the end; only
+// the β terms need a vector accumulator. Radial terms lie along a / r_a.
 //
 // Speed. Per centre, the edges inside the angular cutoff are stored as arrays sorted by neighbour
 // species, and the unordered pairs (a, b > a) are listed once — only those with r_jk < rc when
@@ -220,11 +220,12 @@ void radial_block(int n, const double* __restrict r, const int* __restrict speci
     }
 }
 
-// h = exp(−η r²) f_c(r) and dh/dr of n edges for each η: h[q · n + a].
+// h = exp(−η r²) f_c(r) and g = (dh/dr) / r of n edges for each η: h[q · stride + a].
 MLPOT_SIMD_CLONES
-void edge_factors(int n, std::size_t stride, const double* __restrict r, int n_eta,
-                  const double* __restrict eta, bool cosine, double inv_rc, double* __restrict h,
-                  double* __restrict dh, double* __restrict fc_tmp, double* __restrict dfc_tmp) {
+void edge_factors(int n, std::size_t stride, const double* __restrict r,
+                  const double* __restrict inv_r, int n_eta, const double* __restrict eta,
+                  bool cosine, double inv_rc, double* __restrict h, double* __restrict g,
+                  double* __restrict fc_tmp, double* __restrict dfc_tmp) {
     if (cosine) {
         for (int a = 0; a < n; ++a) cosine_cutoff(r[a] * inv_rc, inv_rc, fc_tmp[a], dfc_tmp[a]);
     } else {
@@ -235,11 +236,11 @@ void edge_factors(int n, std::size_t stride, const double* __restrict r, int n_e
     for (int q = 0; q < n_eta; ++q) {
         const double e = eta[q];
         double* __restrict hq = h + static_cast<std::size_t>(q) * stride;
-        double* __restrict dhq = dh + static_cast<std::size_t>(q) * stride;
+        double* __restrict gq = g + static_cast<std::size_t>(q) * stride;
         for (int a = 0; a < n; ++a) {
             const double ex = exp_nonpositive(-e * r[a] * r[a]);
             hq[a] = ex * fc_tmp[a];
-            dhq[a] = ex * (dfc_tmp[a] - 2.0 * e * r[a] * fc_tmp[a]);
+            gq[a] = ex * (dfc_tmp[a] - 2.0 * e * r[a] * fc_tmp[a]) * inv_r[a];
         }
     }
 }
@@ -324,19 +325,25 @@ struct LanePlan {
 // species t occupies [run[t], run[t + 1]).
 struct AngularEdges {
     int n;
-    const double *r, *inv_r, *ux, *uy, *uz, *vx, *vy, *vz;  // [n]
+    const double *inv_r, *vx, *vy, *vz;  // [n]: 1/r and the edge vector
     const int* species;                                     // [n]
     const int* run;                                         // [S + 1]
     std::size_t h_stride;
-    const double *h, *dh;  // [η index][h_stride]: exp(−η r²) f_c(r) and its r-derivative
+    const double *h, *g;  // [η index][h_stride]: exp(−η r²) f_c(r) and (d/dr of it) / r
 };
 
 // Scratch of the angular pass, and its results for one centre.
+// Row a's partners of species t at the batch's entries [lo, hi).
+struct Segment {
+    int a, t, lo, hi;
+};
+
 struct AngularScratch {
-    std::vector<int> pair_b;          // partners b > a of the pairs (a, b), row a by row a
-    std::vector<int> row_run;         // [slot][S + 1]: row a's partners of species t start here
-    std::vector<double> rjk2;         // [pair]
-    std::vector<double> factors;      // [pair factor][cap] of a batch of rows
+    std::vector<int> pair_b;           // partners b > a of the pairs (a, b), row a by row a
+    std::vector<int> row_run;          // [slot][S + 1]: row a's partners of species t start here
+    std::vector<double> rjk2;          // [pair]
+    std::vector<double> factors;       // [pair factor][STRIDE] of a batch of pairs
+    std::vector<Segment> segments;     // the batch's pairs, row by row
     LaneBuffer powers;                // [batch pair][pattern][P, P′]
     LaneBuffer G;                     // [block][chunk]: the descriptors (internal order)
     LaneBuffer acc;                   // [slot][block][chunk][A, Bx, By, Bz]: see the file header
@@ -344,17 +351,21 @@ struct AngularScratch {
 
 // Pairs per batch: the batch's pair factors (≈ 40–70 arrays of CAP doubles) stay in L1/L2.
 constexpr int CAP = 256;
+// Distance between the batch's per-pair arrays: not a multiple of 512 bytes, so that arrays
+// read or written at the same index fall into different L1 cache sets (2 kB spacing made the
+// packing 1.5× slower).
+constexpr int STRIDE = CAP + LANES;
 
-// Per-pair arrays of a batch ([factor][CAP]): both edges' values gathered side by side, the
+// Per-pair arrays of a batch ([factor][STRIDE]): both edges' values gathered side by side, the
 // geometry, then per distinct η the edge factors of both edges, then per group the distance
 // factors.
 enum PairFactor {
-    R_A, INV_RA, UX_A, UY_A, UZ_A, R_B, INV_RB, UX_B, UY_B, UZ_B,
-    COS_THETA, RJK2, RJK, INV_RJK, FC_JK, DFC_JK, COS_RA, COS_RB, NUM_GEOMETRY
+    INV_RA, VX_A, VY_A, VZ_A, INV_RB, VX_B, VY_B, VZ_B,
+    COS_THETA, RJK2, RJK, INV_RJK, FC_JK, DFC_JK, COS_RA2, COS_RB2, INV_RARB, NUM_GEOMETRY
 };
-enum EdgeFactor { H_A, DH_A, H_B, DH_B, NUM_EDGE_FACTORS };  // per distinct η
-// Per group, with derivatives (without: H only).
-enum GroupFactor { H_, DA, DB, HC_A, HC_B, HI_A, HI_B, Q_A, Q_B, NUM_GROUP_FACTORS };
+enum EdgeFactor { H_A, G_A, H_B, G_B, NUM_EDGE_FACTORS };  // per distinct η
+// Per group, with derivatives (without: H only); see the file header.
+enum GroupFactor { H_, X_A, X_B, Y_A, Y_B, Z_, Q_, NUM_GROUP_FACTORS };
 
 // Unordered pairs (a, b > a) of angular slots, row by row, partners in slot order, so that row
 // a's partners of species t are [row_run[a][t], row_run[a][t + 1]). When every function is a G4,
@@ -386,72 +397,74 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
     return m;
 }
 
-// Row a's values beside each of its pairs [lo, hi), and each partner's values gathered, so that
-// the pair loops below read contiguous arrays (and vectorise).
+// Both edges' values beside each pair, so that the pair loops below read contiguous arrays
+// (and vectorise): row a's values over its pairs [lo, hi), then the partners' values.
 template <bool Derivatives>
-MLPOT_ALWAYS_INLINE void gather_edges(const AngularEdges& e, int n_eta, const int* __restrict pb,
-                                      int a, int lo, int hi, double* __restrict f) {
-    const auto fill = [&](int factor, double value) {
-        double* __restrict target = f + factor * CAP;
-        MLPOT_INDEPENDENT
-        for (int j = lo; j < hi; ++j) target[j] = value;
-    };
-    const auto gather = [&](int factor, const double* __restrict source) {
-        double* __restrict target = f + factor * CAP;
-        MLPOT_INDEPENDENT
-        for (int j = lo; j < hi; ++j) target[j] = source[pb[j]];
-    };
-    fill(UX_A, e.ux[a]);
-    fill(UY_A, e.uy[a]);
-    fill(UZ_A, e.uz[a]);
-    gather(UX_B, e.ux);
-    gather(UY_B, e.uy);
-    gather(UZ_B, e.uz);
-    if constexpr (Derivatives) {
-        fill(R_A, e.r[a]);
-        fill(INV_RA, e.inv_r[a]);
-        gather(R_B, e.r);
-        gather(INV_RB, e.inv_r);
+MLPOT_ALWAYS_INLINE void fill_row(const AngularEdges& e, int n_eta, int a, int lo, int hi,
+                                  double* __restrict f) {
+    const double vx = e.vx[a], vy = e.vy[a], vz = e.vz[a], inv_r = e.inv_r[a];
+    MLPOT_INDEPENDENT
+    for (int j = lo; j < hi; ++j) {
+        f[VX_A * STRIDE + j] = vx;
+        f[VY_A * STRIDE + j] = vy;
+        f[VZ_A * STRIDE + j] = vz;
+        f[INV_RA * STRIDE + j] = inv_r;
+        for (int q = 0; q < n_eta; ++q) {
+            double* out = f + (NUM_GEOMETRY + q * NUM_EDGE_FACTORS) * STRIDE + j;
+            out[H_A * STRIDE] = e.h[q * e.h_stride + a];
+            if constexpr (Derivatives) out[G_A * STRIDE] = e.g[q * e.h_stride + a];
+        }
     }
-    for (int q = 0; q < n_eta; ++q) {
-        const double* h = e.h + q * e.h_stride;
-        const double* dh = e.dh + q * e.h_stride;
-        const int base = NUM_GEOMETRY + q * NUM_EDGE_FACTORS;
-        fill(base + H_A, h[a]);
-        gather(base + H_B, h);
-        if constexpr (Derivatives) {
-            fill(base + DH_A, dh[a]);
-            gather(base + DH_B, dh);
+}
+
+template <bool Derivatives>
+MLPOT_ALWAYS_INLINE void gather_partners(const AngularEdges& e, int n_eta,
+                                         const int* __restrict pb,
+                                         const double* __restrict rjk2, int m,
+                                         double* __restrict f) {
+    for (int j = 0; j < m; ++j) {
+        const int b = pb[j];
+        f[RJK2 * STRIDE + j] = rjk2[j];
+        f[VX_B * STRIDE + j] = e.vx[b];
+        f[VY_B * STRIDE + j] = e.vy[b];
+        f[VZ_B * STRIDE + j] = e.vz[b];
+        f[INV_RB * STRIDE + j] = e.inv_r[b];
+        for (int q = 0; q < n_eta; ++q) {
+            double* out = f + (NUM_GEOMETRY + q * NUM_EDGE_FACTORS) * STRIDE + j;
+            out[H_B * STRIDE] = e.h[q * e.h_stride + b];
+            if constexpr (Derivatives) out[G_B * STRIDE] = e.g[q * e.h_stride + b];
         }
     }
 }
 
 // Geometry of m pairs: cos θ, r_jk, f_c(r_jk), … (r_jk ≥ rc gives f_c = f_c' = 1/r_jk = 0).
 template <bool Cosine, bool Derivatives>
-MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, const double* __restrict rjk2_in, int m, double* __restrict f) {
+MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, double* __restrict f) {
     const double rc2 = p.rc * p.rc;
-    const double* __restrict uxa = f + UX_A * CAP;
-    const double* __restrict uya = f + UY_A * CAP;
-    const double* __restrict uza = f + UZ_A * CAP;
-    const double* __restrict uxb = f + UX_B * CAP;
-    const double* __restrict uyb = f + UY_B * CAP;
-    const double* __restrict uzb = f + UZ_B * CAP;
-    const double* __restrict ia = f + INV_RA * CAP;
-    const double* __restrict ib = f + INV_RB * CAP;
-    double* __restrict cos_theta = f + COS_THETA * CAP;
-    double* __restrict rjk2 = f + RJK2 * CAP;
-    double* __restrict rjk = f + RJK * CAP;
-    double* __restrict inv_rjk = f + INV_RJK * CAP;
-    double* __restrict fcjk = f + FC_JK * CAP;
-    double* __restrict dfcjk = f + DFC_JK * CAP;
-    double* __restrict c_ra = f + COS_RA * CAP;
-    double* __restrict c_rb = f + COS_RB * CAP;
+    const double* __restrict vxa = f + VX_A * STRIDE;
+    const double* __restrict vya = f + VY_A * STRIDE;
+    const double* __restrict vza = f + VZ_A * STRIDE;
+    const double* __restrict vxb = f + VX_B * STRIDE;
+    const double* __restrict vyb = f + VY_B * STRIDE;
+    const double* __restrict vzb = f + VZ_B * STRIDE;
+    const double* __restrict ia = f + INV_RA * STRIDE;
+    const double* __restrict ib = f + INV_RB * STRIDE;
+    double* __restrict cos_theta = f + COS_THETA * STRIDE;
+    double* __restrict rjk2 = f + RJK2 * STRIDE;
+    double* __restrict rjk = f + RJK * STRIDE;
+    double* __restrict inv_rjk = f + INV_RJK * STRIDE;
+    double* __restrict fcjk = f + FC_JK * STRIDE;
+    double* __restrict dfcjk = f + DFC_JK * STRIDE;
+    double* __restrict c_ra2 = f + COS_RA2 * STRIDE;
+    double* __restrict c_rb2 = f + COS_RB2 * STRIDE;
+    double* __restrict iab = f + INV_RARB * STRIDE;
     MLPOT_INDEPENDENT
     for (int j = 0; j < m; ++j) {
-        const double c = uxa[j] * uxb[j] + uya[j] * uyb[j] + uza[j] * uzb[j];
+        const double inv_ab = ia[j] * ib[j];
+        const double c = (vxa[j] * vxb[j] + vya[j] * vyb[j] + vza[j] * vzb[j]) * inv_ab;
         cos_theta[j] = c;
-        const double in = rjk2_in[j] < rc2 ? 1.0 : 0.0;
-        const double r2 = rjk2_in[j] < rc2 ? rjk2_in[j] : rc2;
+        const double in = rjk2[j] < rc2 ? 1.0 : 0.0;
+        const double r2 = rjk2[j] < rc2 ? rjk2[j] : rc2;
         double inverse, root, fc, dfc;
         inverse_sqrt_and_sqrt(r2, inverse, root);
         if (Cosine) {
@@ -465,116 +478,131 @@ MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, const double* __restri
             rjk[j] = root;
             inv_rjk[j] = in * inverse;
             dfcjk[j] = in * dfc;
-            c_ra[j] = c * ia[j];
-            c_rb[j] = c * ib[j];
+            c_ra2[j] = c * ia[j] * ia[j];
+            c_rb2[j] = c * ib[j] * ib[j];
+            iab[j] = inv_ab;
         }
     }
 }
 
 // Distance factors of one group for m pairs (see the file header): H = h(r_a) h(r_b) h(r_jk)
-// (G5: without h(r_jk)) and, with derivatives, Da = ∂H/∂r_a + Q r_a, Db, H c / r_a, H c / r_b,
-// H / r_a, H / r_b, Q r_a, Q r_b. `edge` holds the group's η factors of both edges.
+// (G5: without h(r_jk)) and, with derivatives, Q = (∂H/∂r_jk) / r_jk, X_a = (∂H/∂r_a) / r_a + Q,
+// X_b, Y_a = H cos θ / r_a², Y_b, Z = H / (r_a r_b). `edge` holds the group's η factors of both
+// edges.
 template <bool G4, bool Derivatives>
-MLPOT_ALWAYS_INLINE void group_factors(double eta, int m,
-                                       const double* __restrict f,
+MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restrict f,
                                        const double* __restrict edge, double* __restrict out) {
-    const double* __restrict ha = edge + H_A * CAP;
-    const double* __restrict dha = edge + DH_A * CAP;
-    const double* __restrict hb = edge + H_B * CAP;
-    const double* __restrict dhb = edge + DH_B * CAP;
-    const double* __restrict rjk2 = f + RJK2 * CAP;
-    const double* __restrict rjk = f + RJK * CAP;
-    const double* __restrict inv_rjk = f + INV_RJK * CAP;
-    const double* __restrict fcjk = f + FC_JK * CAP;
-    const double* __restrict dfcjk = f + DFC_JK * CAP;
-    const double* __restrict ra = f + R_A * CAP;
-    const double* __restrict rb = f + R_B * CAP;
-    const double* __restrict c_ra = f + COS_RA * CAP;
-    const double* __restrict c_rb = f + COS_RB * CAP;
-    const double* __restrict ia = f + INV_RA * CAP;
-    const double* __restrict ib = f + INV_RB * CAP;
-    double* __restrict H = out + H_ * CAP;
-    double* __restrict Da = out + DA * CAP;
-    double* __restrict Db = out + DB * CAP;
-    double* __restrict Hca = out + HC_A * CAP;
-    double* __restrict Hcb = out + HC_B * CAP;
-    double* __restrict Hia = out + HI_A * CAP;
-    double* __restrict Hib = out + HI_B * CAP;
-    double* __restrict Qa = out + Q_A * CAP;
-    double* __restrict Qb = out + Q_B * CAP;
+    const double* __restrict ha = edge + H_A * STRIDE;
+    const double* __restrict ga = edge + G_A * STRIDE;
+    const double* __restrict hb = edge + H_B * STRIDE;
+    const double* __restrict gb = edge + G_B * STRIDE;
+    const double* __restrict rjk2 = f + RJK2 * STRIDE;
+    const double* __restrict rjk = f + RJK * STRIDE;
+    const double* __restrict inv_rjk = f + INV_RJK * STRIDE;
+    const double* __restrict fcjk = f + FC_JK * STRIDE;
+    const double* __restrict dfcjk = f + DFC_JK * STRIDE;
+    const double* __restrict c_ra2 = f + COS_RA2 * STRIDE;
+    const double* __restrict c_rb2 = f + COS_RB2 * STRIDE;
+    const double* __restrict iab = f + INV_RARB * STRIDE;
+    double* __restrict H = out + H_ * STRIDE;
+    double* __restrict Xa = out + X_A * STRIDE;
+    double* __restrict Xb = out + X_B * STRIDE;
+    double* __restrict Ya = out + Y_A * STRIDE;
+    double* __restrict Yb = out + Y_B * STRIDE;
+    double* __restrict Z = out + Z_ * STRIDE;
+    double* __restrict Q = out + Q_ * STRIDE;
     MLPOT_INDEPENDENT
     for (int j = 0; j < m; ++j) {
         const double hab = ha[j] * hb[j];
+        double Hj = hab, hjk = 1.0, q = 0.0;
         if constexpr (G4) {
             const double ex = exp_nonpositive(-eta * rjk2[j]);
-            const double hjk = ex * fcjk[j];
-            const double Hj = hab * hjk;
-            H[j] = Hj;
+            hjk = ex * fcjk[j];
+            Hj = hab * hjk;
             if constexpr (Derivatives) {
-                const double dhjk = ex * (dfcjk[j] - 2.0 * eta * rjk[j] * fcjk[j]);
-                const double Q = hab * dhjk * inv_rjk[j];
-                Qa[j] = Q * ra[j];
-                Qb[j] = Q * rb[j];
-                Da[j] = dha[j] * hb[j] * hjk + Q * ra[j];
-                Db[j] = ha[j] * dhb[j] * hjk + Q * rb[j];
-                Hca[j] = Hj * c_ra[j];
-                Hcb[j] = Hj * c_rb[j];
-                Hia[j] = Hj * ia[j];
-                Hib[j] = Hj * ib[j];
+                q = hab * ex * (dfcjk[j] - 2.0 * eta * rjk[j] * fcjk[j]) * inv_rjk[j];
             }
-        } else {
-            H[j] = hab;
-            if constexpr (Derivatives) {
-                Qa[j] = 0.0;
-                Qb[j] = 0.0;
-                Da[j] = dha[j] * hb[j];
-                Db[j] = ha[j] * dhb[j];
-                Hca[j] = hab * c_ra[j];
-                Hcb[j] = hab * c_rb[j];
-                Hia[j] = hab * ia[j];
-                Hib[j] = hab * ib[j];
-            }
+        }
+        H[j] = Hj;
+        if constexpr (Derivatives) {
+            Q[j] = q;
+            Xa[j] = ga[j] * hb[j] * hjk + q;
+            Xb[j] = ha[j] * gb[j] * hjk + q;
+            Ya[j] = Hj * c_ra2[j];
+            Yb[j] = Hj * c_rb2[j];
+            Z[j] = Hj * iab[j];
         }
     }
 }
 
-// P = 2^{1−ζ} x^ζ and P′ = ζ λ 2^{1−ζ} x^{ζ−1}, x = max(1 + λ cos θ, 0), for every pattern's
-// lanes: x^{ζ−1} by binary powering with per-lane bits (integer ζ ≤ MAX_INTEGER_ZETA), std::pow
-// for the lanes of non-integer ζ. Padding lanes have scale 0: P = P′ = 0.
+// P = 2^{1−ζ} x^ζ and P′ = ζ λ 2^{1−ζ} x^{ζ−1}, x = max(1 + λ cos θ, 0), of one pattern's lanes
+// for m pairs into out[j × stride] (P) and out[j × stride + 1] (P′): x^{ζ−1} by binary powering
+// with per-lane bits, the Bits bits of the largest integer ζ − 1 (lanes of non-integer ζ get
+// x⁰ here). Padding lanes have scale 0: P = P′ = 0.
+template <bool Derivatives, int Bits>
+MLPOT_ALWAYS_INLINE void pattern_powers(const lanes& lambda, const lanes& scale,
+                                        const lanes& dscale, const lane_mask* bit,
+                                        const double* __restrict cos_theta, int m,
+                                        std::size_t stride, lanes* __restrict out) {
+    for (int j = 0; j < m; ++j) {
+        lanes x = 1.0 + lambda * cos_theta[j];
+        x = x > lanes{} ? x : lanes{};
+        lanes xe = lanes{} + 1.0, square = x;
+        for (int k = 0; k < Bits; ++k) {
+            xe = bit[k] ? xe * square : xe;
+            if (k + 1 < Bits) square = square * square;
+        }
+        lanes* o = out + j * stride;
+        o[0] = scale * xe * x;
+        if constexpr (Derivatives) o[1] = dscale * xe;
+    }
+}
+
+// P and P′ of every pattern (see pattern_powers); lanes of non-integer ζ use std::pow.
 template <bool Derivatives>
 MLPOT_ALWAYS_INLINE void angular_powers(const LanePlan& p, const double* __restrict cos_theta,
                                         int m, lanes* __restrict out) {
     constexpr int per_pattern = Derivatives ? 2 : 1;
+    const std::size_t stride = static_cast<std::size_t>(p.n_patterns) * per_pattern;
     for (int q = 0; q < p.n_patterns; ++q) {
         lanes lambda, scale, dscale;
         load_lanes(lambda, p.lambda + q * LANES);
         load_lanes(scale, p.scale + q * LANES);
         load_lanes(dscale, p.dscale + q * LANES);
         const int* exponent = p.exponent + q * LANES;
-        const int bits = p.pattern_bits[q];
         lane_mask bit[MAX_EXPONENT_BITS];
-        for (int k = 0; k < bits; ++k) {
+        for (int k = 0; k < MAX_EXPONENT_BITS; ++k) {
             for (int l = 0; l < LANES; ++l) {
                 bit[k][l] = exponent[l] >= 0 && ((exponent[l] >> k) & 1) ? -1 : 0;
             }
         }
-        const bool fractional = p.pattern_fractional[q];
-        for (int j = 0; j < m; ++j) {
-            lanes x = 1.0 + lambda * cos_theta[j];
-            x = x > lanes{} ? x : lanes{};
-            lanes xe = lanes{} + 1.0, square = x;
-            for (int k = 0; k < bits; ++k) {
-                xe = bit[k] ? xe * square : xe;
-                square = square * square;
+        lanes* o = out + q * per_pattern;
+        switch (p.pattern_bits[q]) {
+#define MLPOT_POWERS(BITS)                                                                   \
+    case BITS:                                                                               \
+        pattern_powers<Derivatives, BITS>(lambda, scale, dscale, bit, cos_theta, m, stride, o); \
+        break;
+            MLPOT_POWERS(0)
+            MLPOT_POWERS(1)
+            MLPOT_POWERS(2)
+            MLPOT_POWERS(3)
+            MLPOT_POWERS(4)
+            MLPOT_POWERS(5)
+            MLPOT_POWERS(6)
+#undef MLPOT_POWERS
+        }
+        static_assert(MAX_EXPONENT_BITS == 6, "one case per bit count");
+        if (!p.pattern_fractional[q]) continue;
+        for (int l = 0; l < LANES; ++l) {
+            if (exponent[l] >= 0) continue;
+            const double zeta = p.zeta[q * LANES + l];
+            for (int j = 0; j < m; ++j) {
+                const double value = 1.0 + lambda[l] * cos_theta[j];
+                const double x = value > 0.0 ? value : 0.0;
+                const double xe = std::pow(x, zeta - 1.0);
+                o[j * stride][l] = scale[l] * xe * x;
+                if constexpr (Derivatives) o[j * stride + 1][l] = dscale[l] * xe;
             }
-            if (fractional) {
-                for (int l = 0; l < LANES; ++l) {
-                    if (exponent[l] < 0) xe[l] = std::pow(x[l], p.zeta[q * LANES + l] - 1.0);
-                }
-            }
-            lanes* o = out + (static_cast<std::size_t>(j) * p.n_patterns + q) * per_pattern;
-            o[0] = scale * xe * x;
-            if constexpr (Derivatives) o[1] = dscale * xe;
         }
     }
 }
@@ -584,67 +612,85 @@ inline int species_pair(int s, int t) {
     return s >= t ? s * (s + 1) / 2 + t : t * (t + 1) / 2 + s;
 }
 
-// The batch's pairs [p0, p0 + m) of rows [a0, a1): the chunk's lanes of G and, with derivatives,
-// of both edges' A and B (see the file header), row a's side kept in registers over its
-// partners.
+// The batch's pairs, segment by segment: the chunk's lanes of G and, with derivatives, of both
+// edges' A and B (see the file header), row a's side kept in registers over its partners.
 template <bool Derivatives>
 MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, AngularScratch& s,
-                                    int a0, int a1, int p0, int m) {
+                                    const int* __restrict pb) {
     constexpr int per_pattern = Derivatives ? 2 : 1;
     constexpr int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
-    const int S = p.num_species, nb = p.n_blocks, nc = p.n_chunks;
+    const int nb = p.n_blocks, nc = p.n_chunks;
     const std::size_t stride = static_cast<std::size_t>(p.n_patterns) * per_pattern;
-    const int* __restrict pb = s.pair_b.data() + p0;
     const double* __restrict f = s.factors.data();
-    const double* __restrict groups = f + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * CAP;
+    const double* __restrict groups = f + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * STRIDE;
     lanes* __restrict acc = s.acc.data();
-    for (int a = a0; a < a1; ++a) {
-        const int* run = s.row_run.data() + a * (S + 1);
-        const double uxa = e.ux[a], uya = e.uy[a], uza = e.uz[a];
-        for (int t = 0; t < S; ++t) {
-            const int lo = std::max(run[t] - p0, 0), hi = std::min(run[t + 1] - p0, m);
-            if (lo >= hi) continue;
-            const int block = species_pair(e.species[a], t);
-            for (int c = 0; c < nc; ++c) {
-                const double* __restrict g = groups + p.chunk_group[c] * per_group * CAP;
-                const lanes* __restrict P = s.powers.data() + p.chunk_pattern[c] * per_pattern;
-                lanes& G = s.G.data()[block * nc + c];
-                lanes sG = G;
-                if constexpr (!Derivatives) {
-                    for (int j = lo; j < hi; ++j) sG += P[j * stride] * g[j];
-                    G = sG;
-                    continue;
-                }
-                lanes* row = acc + ((static_cast<std::size_t>(a) * nb + block) * nc + c) * 4;
-                lanes sA = row[0], sx = row[1], sy = row[2], sz = row[3];
-                for (int j = lo; j < hi; ++j) {
-                    const lanes Pj = P[j * stride], dPj = P[j * stride + 1];
-                    sG += Pj * g[H_ * CAP + j];
-                    sA += Pj * g[DA * CAP + j] - dPj * g[HC_A * CAP + j];
-                    const lanes beta_a = dPj * g[HI_A * CAP + j] - Pj * g[Q_B * CAP + j];
-                    sx += beta_a * f[UX_B * CAP + j];
-                    sy += beta_a * f[UY_B * CAP + j];
-                    sz += beta_a * f[UZ_B * CAP + j];
-                    lanes* other =
-                        acc + ((static_cast<std::size_t>(pb[j]) * nb + block) * nc + c) * 4;
-                    const lanes beta_b = dPj * g[HI_B * CAP + j] - Pj * g[Q_A * CAP + j];
-                    other[0] += Pj * g[DB * CAP + j] - dPj * g[HC_B * CAP + j];
-                    other[1] += beta_b * uxa;
-                    other[2] += beta_b * uya;
-                    other[3] += beta_b * uza;
-                }
+    for (const Segment& segment : s.segments) {
+        const int a = segment.a, lo = segment.lo, hi = segment.hi;
+        const double vxa = e.vx[a], vya = e.vy[a], vza = e.vz[a];
+        const int block = species_pair(e.species[a], segment.t);
+        for (int c = 0; c < nc; ++c) {
+            const double* __restrict g = groups + p.chunk_group[c] * per_group * STRIDE;
+            const lanes* __restrict P = s.powers.data() + p.chunk_pattern[c] * per_pattern;
+            lanes& G = s.G.data()[block * nc + c];
+            lanes sG = G;
+            if constexpr (!Derivatives) {
+                for (int j = lo; j < hi; ++j) sG += P[j * stride] * g[j];
                 G = sG;
-                row[0] = sA;
-                row[1] = sx;
-                row[2] = sy;
-                row[3] = sz;
+                continue;
             }
+            lanes* row = acc + ((static_cast<std::size_t>(a) * nb + block) * nc + c) * 4;
+            lanes sA = row[0], sx = row[1], sy = row[2], sz = row[3];
+            for (int j = lo; j < hi; ++j) {
+                const lanes Pj = P[j * stride], dPj = P[j * stride + 1];
+                sG += Pj * g[H_ * STRIDE + j];
+                sA += Pj * g[X_A * STRIDE + j] - dPj * g[Y_A * STRIDE + j];
+                const lanes beta = dPj * g[Z_ * STRIDE + j] - Pj * g[Q_ * STRIDE + j];
+                sx += beta * f[VX_B * STRIDE + j];
+                sy += beta * f[VY_B * STRIDE + j];
+                sz += beta * f[VZ_B * STRIDE + j];
+                lanes* other = acc + ((static_cast<std::size_t>(pb[j]) * nb + block) * nc + c) * 4;
+                other[0] += Pj * g[X_B * STRIDE + j] - dPj * g[Y_B * STRIDE + j];
+                other[1] += beta * vxa;
+                other[2] += beta * vya;
+                other[3] += beta * vza;
+            }
+            G = sG;
+            row[0] = sA;
+            row[1] = sx;
+            row[2] = sy;
+            row[3] = sz;
         }
     }
 }
 
+// The pair factors and terms of a batch of m packed pairs.
+template <bool Derivatives>
+MLPOT_ALWAYS_INLINE void angular_batch(const LanePlan& p, const AngularEdges& e,
+                                       AngularScratch& s, const int* pb, int m) {
+    constexpr int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
+    double* f = s.factors.data();
+    if (p.cosine) {
+        pair_geometry<true, Derivatives>(p, m, f);
+    } else {
+        pair_geometry<false, Derivatives>(p, m, f);
+    }
+    const double* edge = f + NUM_GEOMETRY * STRIDE;
+    double* group = f + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * STRIDE;
+    for (int g = 0; g < p.n_groups; ++g) {
+        const double* edge_g = edge + p.group_eta_index[g] * NUM_EDGE_FACTORS * STRIDE;
+        double* out = group + g * per_group * STRIDE;
+        if (p.group_g4[g]) {
+            group_factors<true, Derivatives>(p.group_eta[g], m, f, edge_g, out);
+        } else {
+            group_factors<false, Derivatives>(p.group_eta[g], m, f, edge_g, out);
+        }
+    }
+    angular_powers<Derivatives>(p, f + COS_THETA * STRIDE, m, s.powers.data());
+    accumulate<Derivatives>(p, e, s, pb);
+}
+
 // The angular block of one centre into s.G (and s.acc): the pairs, then batches of CAP pairs
-// whose pair factors are computed in long vector loops.
+// (a row may continue in the next batch).
 template <bool Derivatives>
 MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, AngularScratch& s) {
     const int n = e.n, S = p.num_species;
@@ -654,41 +700,109 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
     if (n < 2) return;
     const int n_pairs = build_pairs(p, e, s);
     const int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
-    double* f = sized(s.factors, CAP * (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS +
-                                        p.n_groups * per_group));
+    double* f = sized(s.factors, STRIDE * (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS +
+                                           p.n_groups * per_group));
     s.powers.sized(CAP * p.n_patterns * (Derivatives ? 2 : 1));
     const int* row_run = s.row_run.data();
-    const auto row_begin = [&](int a) { return row_run[a * (S + 1)]; };
-    const auto row_end = [&](int a) { return row_run[a * (S + 1) + S]; };
     int a0 = 0;
     for (int p0 = 0; p0 < n_pairs; p0 += CAP) {
         const int m = std::min(CAP, n_pairs - p0);
-        while (row_end(a0) <= p0) ++a0;  // the first row with pairs in the batch
-        int a1 = a0;
-        const int* pb = s.pair_b.data() + p0;
-        for (; a1 < n && row_begin(a1) < p0 + m; ++a1) {
-            gather_edges<Derivatives>(e, p.n_eta, pb, a1, std::max(row_begin(a1) - p0, 0),
-                                      std::min(row_end(a1) - p0, m), f);
-        }
-        const double* rjk2 = s.rjk2.data() + p0;
-        if (p.cosine) {
-            pair_geometry<true, Derivatives>(p, rjk2, m, f);
-        } else {
-            pair_geometry<false, Derivatives>(p, rjk2, m, f);
-        }
-        const double* edge = f + NUM_GEOMETRY * CAP;
-        double* group = f + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * CAP;
-        for (int g = 0; g < p.n_groups; ++g) {
-            const double* edge_g = edge + p.group_eta_index[g] * NUM_EDGE_FACTORS * CAP;
-            double* out = group + g * per_group * CAP;
-            if (p.group_g4[g]) {
-                group_factors<true, Derivatives>(p.group_eta[g], m, f, edge_g, out);
-            } else {
-                group_factors<false, Derivatives>(p.group_eta[g], m, f, edge_g, out);
+        while (row_run[a0 * (S + 1) + S] <= p0) ++a0;  // the first row with pairs here
+        s.segments.clear();
+        for (int a = a0; a < n && row_run[a * (S + 1)] < p0 + m; ++a) {
+            const int* run = row_run + a * (S + 1);
+            fill_row<Derivatives>(e, p.n_eta, a, std::max(run[0] - p0, 0),
+                                  std::min(run[S] - p0, m), f);
+            for (int t = 0; t < S; ++t) {
+                const int lo = std::max(run[t] - p0, 0), hi = std::min(run[t + 1] - p0, m);
+                if (lo < hi) s.segments.push_back({a, t, lo, hi});
             }
         }
-        angular_powers<Derivatives>(p, f + COS_THETA * CAP, m, s.powers.data());
-        accumulate<Derivatives>(p, e, s, a0, a1, p0, m);
+        const int* pb = s.pair_b.data() + p0;
+        gather_partners<Derivatives>(e, p.n_eta, pb, s.rjk2.data() + p0, m, f);
+        angular_batch<Derivatives>(p, e, s, pb, m);
+    }
+}
+
+// out[3 l + d] = (x, y, z)_d[l], l < 8: 24 contiguous doubles (six two-source permutes).
+MLPOT_ALWAYS_INLINE void store_interleaved(double* out, const lanes& x, const lanes& y,
+                                           const lanes& z) {
+#if defined(__clang__)
+    for (int l = 0; l < LANES; ++l) {
+        out[3 * l] = x[l];
+        out[3 * l + 1] = y[l];
+        out[3 * l + 2] = z[l];
+    }
+#else
+    static_assert(LANES == 8, "the permutes below interleave eight lanes");
+    const lanes o0 = __builtin_shuffle(__builtin_shuffle(x, y, lane_mask{0, 8, 0, 1, 9, 0, 2, 10}),
+                                       z, lane_mask{0, 1, 8, 3, 4, 9, 6, 7});
+    const lanes o1 = __builtin_shuffle(__builtin_shuffle(x, y, lane_mask{0, 3, 11, 0, 4, 12, 0, 5}),
+                                       z, lane_mask{10, 1, 2, 11, 4, 5, 12, 7});
+    const lanes o2 = __builtin_shuffle(__builtin_shuffle(x, y, lane_mask{13, 0, 6, 14, 0, 7, 15, 0}),
+                                       z, lane_mask{0, 13, 2, 3, 14, 5, 6, 15});
+    std::memcpy(out, &o0, sizeof o0);
+    std::memcpy(out + LANES, &o1, sizeof o1);
+    std::memcpy(out + 2 * LANES, &o2, sizeof o2);
+#endif
+}
+
+// One edge's derivatives dG[f, :]: radial A u (u the unit vector), then angular A v + B (v the
+// edge vector, see the file header), lane by lane, in the user order; a chunk whose lanes are
+// consecutive user functions (chunk_first ≥ 0) is written as one block.
+MLPOT_SIMD_CLONES void edge_derivatives(int n_radial, const double* radial_A, const lanes* acc,
+                                        int n_blocks, int n_chunks, int n_angular,
+                                        const int* chunk_function, const int* chunk_first,
+                                        const double* u, const double* v, double* out) {
+    const double u0 = u[0], u1 = u[1], u2 = u[2], v0 = v[0], v1 = v[1], v2 = v[2];
+    int f = 0;
+    for (lanes A; f + LANES <= n_radial; f += LANES) {
+        load_lanes(A, radial_A + f);
+        store_interleaved(out + 3 * f, A * u0, A * u1, A * u2);
+    }
+    for (; f < n_radial; ++f) {
+        out[3 * f] = radial_A[f] * u0;
+        out[3 * f + 1] = radial_A[f] * u1;
+        out[3 * f + 2] = radial_A[f] * u2;
+    }
+    if (!acc) return;
+    out += 3 * n_radial;
+    for (int block = 0; block < n_blocks; ++block) {
+        for (int c = 0; c < n_chunks; ++c, acc += 4) {
+            const lanes gx = acc[0] * v0 + acc[1], gy = acc[0] * v1 + acc[2],
+                        gz = acc[0] * v2 + acc[3];
+            if (chunk_first[c] >= 0) {
+                store_interleaved(out + 3 * (block * n_angular + chunk_first[c]), gx, gy, gz);
+                continue;
+            }
+            for (int l = 0; l < LANES; ++l) {
+                const int k = chunk_function[c * LANES + l];
+                if (k < 0) continue;
+                double* o = out + 3 * (block * n_angular + k);
+                o[0] = gx[l];
+                o[1] = gy[l];
+                o[2] = gz[l];
+            }
+        }
+    }
+}
+
+// Σ_f w_f (A_f, B_f) of one edge over its `cells` chunks: sums = {along v, x, y, z}.
+MLPOT_SIMD_CLONES void contract_edge(const lanes* acc, const lanes* weights, std::size_t cells,
+                                     double* sums) {
+    lanes sA{}, sx{}, sy{}, sz{};
+    for (std::size_t k = 0; k < cells; ++k) {
+        sA += weights[k] * acc[4 * k];
+        sx += weights[k] * acc[4 * k + 1];
+        sy += weights[k] * acc[4 * k + 2];
+        sz += weights[k] * acc[4 * k + 3];
+    }
+    sums[0] = sums[1] = sums[2] = sums[3] = 0.0;
+    for (int l = 0; l < LANES; ++l) {
+        sums[0] += sA[l];
+        sums[1] += sx[l];
+        sums[2] += sy[l];
+        sums[3] += sz[l];
     }
 }
 
@@ -727,7 +841,8 @@ struct SymmetryFunctions::Workspace {
     int n_angular = 0;
     std::vector<int> angular_of_slot;  // slot → angular slot, or −1
     std::vector<int> run;              // [S + 1] species runs of the angular slots
-    std::vector<double> ar, ainv, aux, auy, auz, avx, avy, avz;
+    std::vector<int> next;             // [S] counting-sort cursors
+    std::vector<double> ar, ainv, avx, avy, avz;
     std::vector<int> aspecies;
     std::vector<double> h, dh, fc_tmp, dfc_tmp;
     AngularScratch angular;                  // pairs, pair factors and the angular results
@@ -848,6 +963,11 @@ SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
             }
             chunk_group_.push_back(g);
             chunk_pattern_.push_back(pattern);
+            bool consecutive = start + LANES <= functions.size();
+            for (int l = 1; l < LANES && consecutive; ++l) {
+                consecutive = functions[start + l] == functions[start] + l;
+            }
+            chunk_first_.push_back(consecutive ? functions[start] : -1);
         }
     }
     all_g4_ = std::all_of(group_g4_.begin(), group_g4_.end(), [](int g4) { return g4 != 0; });
@@ -926,14 +1046,12 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     int* angular_of_slot = sized(w.angular_of_slot, std::max(n_slots, 1));
     double* ar = sized(w.ar, na);
     double* ainv = sized(w.ainv, na);
-    double* aux = sized(w.aux, na);
-    double* auy = sized(w.auy, na);
-    double* auz = sized(w.auz, na);
     double* avx = sized(w.avx, na);
     double* avy = sized(w.avy, na);
     double* avz = sized(w.avz, na);
     int* aspecies = sized(w.aspecies, na);
-    std::vector<int> next(run, run + num_species_);
+    int* next = sized(w.next, num_species_);
+    std::copy(run, run + num_species_, next);
     for (int s = 0; s < n_slots; ++s) {
         angular_of_slot[s] = -1;
         if (!(r[s] < rca)) continue;
@@ -942,9 +1060,6 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
         angular_of_slot[s] = a;
         ar[a] = r[s];
         ainv[a] = inv_r[s];
-        aux[a] = ux[s];
-        auy[a] = uy[s];
-        auz[a] = uz[s];
         avx[a] = v[0];
         avy[a] = v[1];
         avz[a] = v[2];
@@ -956,11 +1071,10 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     double* h = sized(w.h, h_stride * n_eta);
     double* dh = sized(w.dh, h_stride * n_eta);
     if (n_ang > 0) {
-        edge_factors(n_ang, h_stride, ar, n_eta, distinct_eta_.data(), cosine, 1.0 / rca, h, dh,
+        edge_factors(n_ang, h_stride, ar, ainv, n_eta, distinct_eta_.data(), cosine, 1.0 / rca, h, dh,
                      sized(w.fc_tmp, na), sized(w.dfc_tmp, na));
     }
-    const AngularEdges angular_edges{n_ang, ar,  ainv,     aux, auy, auz,      avx, avy,
-                                     avz,   aspecies, run, h_stride, h,   dh};
+    const AngularEdges angular_edges{n_ang, ainv, avx, avy, avz, aspecies, run, h_stride, h, dh};
     const LanePlan plan{num_species_,
                         num_pairs_,
                         static_cast<int>(chunk_group_.size()),
@@ -1062,7 +1176,6 @@ void SymmetryFunctions::compute(const EdgeList& edges, const std::int64_t* centr
     check_centres(centres, n_centres, edges.num_atoms, nullptr);
     const int F = num_features_;
     const int n_rad_features = num_species_ * num_radial_;
-    const int n_ang_features = num_pairs_ * num_angular_;
     Workspace w;
 
     std::vector<char> written;
@@ -1083,38 +1196,20 @@ void SymmetryFunctions::compute(const EdgeList& edges, const std::int64_t* centr
                 std::fill(out, out + static_cast<std::size_t>(F) * 3, 0.0);
                 continue;
             }
-            const double u0 = w.slot_ux[s], u1 = w.slot_uy[s], u2 = w.slot_uz[s];
-            const double* A = w.radial_A.data() + static_cast<std::size_t>(s) * n_rad_features;
-            for (int f = 0; f < n_rad_features; ++f) {
-                out[3 * f] = A[f] * u0;
-                out[3 * f + 1] = A[f] * u1;
-                out[3 * f + 2] = A[f] * u2;
-            }
-            double* out_ang = out + 3 * n_rad_features;
             const int a = num_angular_ > 0 ? w.angular_of_slot[s] : -1;
-            ++s;
-            if (num_angular_ == 0) continue;
-            if (a < 0) {
-                std::fill(out_ang, out_ang + 3 * static_cast<std::size_t>(n_ang_features), 0.0);
-                continue;
-            }
-            // A u + B lane by lane (see the file header), in the user order.
             const int n_chunks = static_cast<int>(chunk_group_.size());
-            const lanes* acc = w.angular.acc.data() + static_cast<std::size_t>(a) * num_pairs_ * n_chunks * 4;
-            for (int pair = 0; pair < num_pairs_; ++pair) {
-                for (int c = 0; c < n_chunks; ++c, acc += 4) {
-                    const lanes gx = acc[0] * u0 + acc[1], gy = acc[0] * u1 + acc[2],
-                                gz = acc[0] * u2 + acc[3];
-                    for (int l = 0; l < LANES; ++l) {
-                        const int f = chunk_function_[c * LANES + l];
-                        if (f < 0) continue;
-                        double* o = out_ang + 3 * (pair * num_angular_ + f);
-                        o[0] = gx[l];
-                        o[1] = gy[l];
-                        o[2] = gz[l];
-                    }
-                }
+            const lanes* acc =
+                a < 0 ? nullptr
+                      : w.angular.acc.data() + static_cast<std::size_t>(a) * num_pairs_ * n_chunks * 4;
+            if (a < 0) {  // outside the angular cutoff
+                std::fill(out + 3 * n_rad_features, out + 3 * static_cast<std::size_t>(F), 0.0);
             }
+            const double u[3] = {w.slot_ux[s], w.slot_uy[s], w.slot_uz[s]};
+            edge_derivatives(n_rad_features,
+                             w.radial_A.data() + static_cast<std::size_t>(s) * n_rad_features, acc,
+                             num_pairs_, n_chunks, num_angular_, chunk_function_.data(),
+                             chunk_first_.data(), u, edges.vectors + 3 * e, out);
+            ++s;
         }
     }
     if (derivatives) {
@@ -1192,28 +1287,18 @@ void SymmetryFunctions::gradient(const EdgeList& edges, const std::int64_t* cent
         for (int s = 0; s < w.n_slots; ++s) {
             const std::int64_t e = w.slot_edge[s];
             const double* A = w.radial_A.data() + static_cast<std::size_t>(s) * n_rad_features;
-            double along = 0.0, b0 = 0.0, b1 = 0.0, b2 = 0.0;
+            double along = 0.0;  // radial: along u; angular: A v + B
             for (int f = 0; f < n_rad_features; ++f) along += wgt[f] * A[f];
+            double sums[4] = {0.0, 0.0, 0.0, 0.0};
             const int a = num_angular_ > 0 ? w.angular_of_slot[s] : -1;
             if (a >= 0) {
-                const lanes* acc = w.angular.acc.data() + static_cast<std::size_t>(a) * cells * 4;
-                lanes sA{}, sx{}, sy{}, sz{};
-                for (std::size_t k = 0; k < cells; ++k) {
-                    sA += weights[k] * acc[4 * k];
-                    sx += weights[k] * acc[4 * k + 1];
-                    sy += weights[k] * acc[4 * k + 2];
-                    sz += weights[k] * acc[4 * k + 3];
-                }
-                for (int l = 0; l < LANES; ++l) {
-                    along += sA[l];
-                    b0 += sx[l];
-                    b1 += sy[l];
-                    b2 += sz[l];
-                }
+                contract_edge(w.angular.acc.data() + static_cast<std::size_t>(a) * cells * 4,
+                              weights, cells, sums);
             }
-            gradient[3 * e] = along * w.slot_ux[s] + b0;
-            gradient[3 * e + 1] = along * w.slot_uy[s] + b1;
-            gradient[3 * e + 2] = along * w.slot_uz[s] + b2;
+            const double* v = edges.vectors + 3 * e;
+            gradient[3 * e] = along * w.slot_ux[s] + sums[0] * v[0] + sums[1];
+            gradient[3 * e + 1] = along * w.slot_uy[s] + sums[0] * v[1] + sums[2];
+            gradient[3 * e + 2] = along * w.slot_uz[s] + sums[0] * v[2] + sums[3];
         }
     }
 }

@@ -127,6 +127,8 @@ private:
     std::vector<double> distinct_eta_;     // η of the per-edge factors exp(−η r²) f_c(r)
     std::vector<int> chunk_group_, chunk_pattern_;  // per chunk
     std::vector<int> chunk_function_;      // [chunk × 8 + lane]: user angular index, −1: padding
+    std::vector<int> chunk_first_;         // user index of lane 0 if the lanes are consecutive
+                                           // user functions, else −1
     // Patterns: a chunk's lane constants (λ, ζ, 2^{1−ζ}, ζ λ 2^{1−ζ}, ζ − 1 or −1 for
     // non-integer ζ) [pattern × 8 + lane]; chunks with equal patterns share (1 + λ cos θ)^ζ.
     std::vector<double> pattern_lambda_, pattern_zeta_, pattern_scale_, pattern_dscale_;
