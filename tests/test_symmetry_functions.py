@@ -204,6 +204,55 @@ def test_g4_only_sets_skip_far_pairs_exactly(species):
     np.testing.assert_allclose(sf.gradient(z, edge_index, vectors, weights), expected, atol=1e-12)
 
 
+def test_lane_chunks_powers_and_batches():
+    """The kernel evaluates angular functions eight per vector lane, grouped by (η, kind), and
+    neighbour pairs in batches of 256: user order interleaving the groups (chunks that are not
+    consecutive functions), a group of 11 (a full chunk and a padded one), ζ from 1 to 64 by
+    binary powering and above 64 or non-integer by std::pow, G4 with G5 (no pair is skipped),
+    two species and 44–46 neighbours per atom (≥ 946 pairs per centre, rows split across batches)
+    must give the direct implementation's values, finite-difference derivatives and the same
+    chain rule."""
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.symbols[::3] = "C"
+    atoms.rattle(0.05, seed=7)
+    zetas = (1.0, 3.0, 33.0, 64.0, 65.0, 2.5)
+    angular = [("G4", eta, zeta, lam) for zeta in zetas for eta in (0.004, 0.02)
+               for lam in (1.0, -1.0) if not (eta == 0.02 and lam == 1.0)]
+    angular += [("G5", 0.01, zeta, -1.0) for zeta in zetas[:4]]
+    species = ["C", "Si"]
+    sf = SymmetryFunctionSet(tuple(species), 6.0, ((0.5, 0.0), (0.2, 3.0)), tuple(angular))
+    z, edge_index, vectors = edges(atoms, 6.0, species)
+    assert np.bincount(edge_index[0]).min() >= 44  # ≥ 946 pairs per centre
+    G, dG = sf.compute(z, edge_index, vectors)
+    np.testing.assert_allclose(G, reference_descriptors(sf, z, edge_index, vectors), rtol=1e-12,
+                               atol=1e-12)
+    assert_derivatives_equal_finite_differences(sf, z, edge_index, vectors, dG, edges=6)
+    weights = np.random.default_rng(4).normal(size=G.shape)
+    expected = np.einsum("efk,ef->ek", dG, weights[edge_index[0]])
+    np.testing.assert_allclose(sf.gradient(z, edge_index, vectors, weights), expected,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_derivative_buffer_reused_only_when_released():
+    """compute() hands out the previous call's derivative memory again once nothing refers to
+    it any more; an array the caller still holds is never overwritten."""
+    atoms = silicon_carbide()
+    sf = SymmetryFunctionSet.ani_like(["C", "Si"], cutoff=4.5, angular_cutoff=3.8)
+    z, edge_index, vectors = edges(atoms, 4.5, ["C", "Si"])
+    address = lambda array: array.__array_interface__["data"][0]  # noqa: E731
+    _, held = sf.compute(z, edge_index, vectors)
+    kept = held.copy()
+    _, other = sf.compute(z, edge_index, vectors * 1.01)
+    assert address(other) != address(held)
+    np.testing.assert_array_equal(held, kept)
+    first = address(other)
+    del other
+    _, again = sf.compute(z, edge_index, vectors)
+    assert address(again) == first
+    np.testing.assert_array_equal(again, kept)
+    np.testing.assert_array_equal(held, kept)
+
+
 def test_chain_rule_contract_and_gradient():
     atoms = silicon_carbide()
     sf = SymmetryFunctionSet.ani_like(["C", "Si"], cutoff=4.5, angular_cutoff=3.8)
