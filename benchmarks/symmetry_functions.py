@@ -19,7 +19,8 @@ derivatives (small systems only); TorchANI forward and forward + backward (float
 and float64) from a precomputed neighbour list, like mlpot's kernel. Neighbour lists are not
 timed (mlpot's is printed for scale). Times are CPU seconds of this (single-threaded) process,
 best of --repeats runs: on a quiet machine they equal wall time, on a shared one they are less
-disturbed by other jobs.
+disturbed by other jobs. Small systems are repeated until half a second has been spent (at most
+200 runs), for every code alike.
 
     python benchmarks/symmetry_functions.py                  # 64 … 32768 atoms
     python benchmarks/symmetry_functions.py --max-atoms 262144 --torchani-max-atoms 8192
@@ -68,9 +69,11 @@ def torchani_computer(dtype):
     return AEVComputer(radial=radial, angular=angular, num_species=1).to(dtype)
 
 
-def best(function, repeats):
+def best(function, repeats, min_seconds=0.5, max_repeats=200):
+    """Best of at least `repeats` runs, and of more (up to max_repeats) until min_seconds have
+    been spent: small systems run in a millisecond, and their first runs are slower."""
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or (sum(times) < min_seconds and len(times) < max_repeats):
         gc.collect()
         start = time.process_time()
         result = function()
