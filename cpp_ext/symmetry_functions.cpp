@@ -34,6 +34,10 @@
 #include <stdexcept>
 #include <utility>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>  // _mm_stream_pd, _mm_sfence
+#endif
+
 // Floating-point selects (x < 1 ? x : 1) only vectorise when comparisons may not trap; mlpot never
 // enables floating-point exceptions, so this changes nothing else.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -724,6 +728,19 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
     }
 }
 
+// out[0 … 7] = v, with non-temporal (streaming) stores where out is 16-byte aligned: the
+// derivative array (≈ 30 kB per atom) is written once and read much later, so bypassing the
+// cache saves reading every line before writing it. compute() ends with a store fence.
+MLPOT_ALWAYS_INLINE void stream_lanes(double* out, const lanes& v) {
+#if defined(__SSE2__)
+    if ((reinterpret_cast<std::uintptr_t>(out) & 15) == 0) {
+        for (int k = 0; k < LANES; k += 2) _mm_stream_pd(out + k, _mm_set_pd(v[k + 1], v[k]));
+        return;
+    }
+#endif
+    std::memcpy(out, &v, sizeof v);
+}
+
 // out[3 l + d] = (x, y, z)_d[l], l < 8: 24 contiguous doubles (six two-source permutes).
 MLPOT_ALWAYS_INLINE void store_interleaved(double* out, const lanes& x, const lanes& y,
                                            const lanes& z) {
@@ -741,9 +758,9 @@ MLPOT_ALWAYS_INLINE void store_interleaved(double* out, const lanes& x, const la
                                        z, lane_mask{10, 1, 2, 11, 4, 5, 12, 7});
     const lanes o2 = __builtin_shuffle(__builtin_shuffle(x, y, lane_mask{13, 0, 6, 14, 0, 7, 15, 0}),
                                        z, lane_mask{0, 13, 2, 3, 14, 5, 6, 15});
-    std::memcpy(out, &o0, sizeof o0);
-    std::memcpy(out + LANES, &o1, sizeof o1);
-    std::memcpy(out + 2 * LANES, &o2, sizeof o2);
+    stream_lanes(out, o0);
+    stream_lanes(out + LANES, o1);
+    stream_lanes(out + 2 * LANES, o2);
 #endif
 }
 
@@ -1219,6 +1236,9 @@ void SymmetryFunctions::compute(const EdgeList& edges, const std::int64_t* centr
                 std::fill(out, out + static_cast<std::size_t>(F) * 3, 0.0);
             }
         }
+#if defined(__SSE2__)
+        _mm_sfence();  // order the streaming stores of the derivatives before returning
+#endif
     }
 }
 

@@ -1,6 +1,7 @@
 // Python binding of the symmetry-function kernel (mlpot._kernel.SymmetryFunctions).
 // Inputs are converted to C-contiguous int64/float64 only when they are not already; outputs are
-// handed to numpy without copying (a capsule owns the memory). The GIL is released while computing.
+// numpy arrays the kernel writes into directly (the derivative array may reuse a released
+// buffer, see derivative_array). The GIL is released while computing.
 // C++ std::invalid_argument becomes ValueError (pybind11's default translation).
 #include <cstdint>
 #include <memory>
