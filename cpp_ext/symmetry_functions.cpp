@@ -371,29 +371,95 @@ enum EdgeFactor { H_A, G_A, H_B, G_B, NUM_EDGE_FACTORS };  // per distinct η
 // Per group, with derivatives (without: H only); see the file header.
 enum GroupFactor { H_, X_A, X_B, Y_A, Y_B, Z_, Q_, NUM_GROUP_FACTORS };
 
+typedef std::int32_t index_lanes __attribute__((vector_size(LANES * sizeof(std::int32_t))));
+
+// For each 8-bit keep-mask, the lanes to keep, first (then lane 0 again).
+struct CompressTable {
+    std::uint8_t index[1 << LANES][LANES];
+    constexpr CompressTable() : index{} {
+        for (int mask = 0; mask < (1 << LANES); ++mask) {
+            int n = 0;
+            for (int l = 0; l < LANES; ++l) {
+                if (mask & (1 << l)) index[mask][n++] = static_cast<std::uint8_t>(l);
+            }
+        }
+    }
+};
+constexpr CompressTable COMPRESS{};
+
+// target[0 … 7] = v[index[0 … 7]] (one permute on AVX-512 and AVX2).
+template <typename Vector, typename Index, typename T>
+MLPOT_ALWAYS_INLINE void store_permuted(T* target, const Vector& v, const Index& index) {
+#if defined(__clang__)
+    for (int l = 0; l < LANES; ++l) target[l] = v[index[l]];
+#else
+    const Vector permuted = __builtin_shuffle(v, index);
+    std::memcpy(target, &permuted, sizeof permuted);
+#endif
+}
+
+// Bit l set where both below[l] < 0 and count[l] < 0 (sign bits, no comparisons: GCC turns
+// vector comparisons into lane-by-lane code here).
+MLPOT_ALWAYS_INLINE int keep_mask(const lanes& below, const lane_mask& count,
+                                  const lane_mask& bit) {
+    lane_mask sign;
+    std::memcpy(&sign, &below, sizeof sign);
+    const lane_mask keep = ((sign & count) >> 63) & bit;
+#if defined(__clang__)
+    int mask = 0;
+    for (int l = 0; l < LANES; ++l) mask |= static_cast<int>(keep[l]);
+    return mask;
+#else
+    lane_mask sum = keep + __builtin_shuffle(keep, lane_mask{4, 5, 6, 7, 0, 1, 2, 3});
+    sum += __builtin_shuffle(sum, lane_mask{2, 3, 0, 1, 6, 7, 4, 5});
+    sum += __builtin_shuffle(sum, lane_mask{1, 0, 3, 2, 5, 4, 7, 6});
+    return static_cast<int>(sum[0]);
+#endif
+}
+
 // Unordered pairs (a, b > a) of angular slots, row by row, partners in slot order, so that row
 // a's partners of species t are [row_run[a][t], row_run[a][t + 1]). When every function is a G4,
 // pairs with r_jk ≥ rc are left out: f_c(r_jk) = 0 makes their terms vanish, and in a dense
-// solid that is about half of the pairs. Returns the number of pairs.
+// solid that is about half of the pairs. Eight candidates at a time: their r_jk² in a vector,
+// the kept ones packed to the front (a permute from a table of the 256 keep-masks) and stored
+// at the end of the list, which then advances by the number kept (the arrays have room for the
+// eight). Returns the number of pairs.
 MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, AngularScratch& s) {
     const int n = e.n, S = p.num_species;
-    const double rc2 = p.rc * p.rc;
-    const std::size_t candidates = static_cast<std::size_t>(n) * (n - 1) / 2 + 1;
+    const std::size_t candidates = static_cast<std::size_t>(n) * (n - 1) / 2 + LANES;
     int* __restrict pb = sized(s.pair_b, candidates);
     double* __restrict rjk2 = sized(s.rjk2, candidates);
     int* __restrict row_run = sized(s.row_run, static_cast<std::size_t>(n) * (S + 1));
+    const lanes limit = lanes{} + (p.all_g4 ? p.rc * p.rc : HUGE_VAL);
+    lane_mask lane{};
+    index_lanes lane32{};
+    for (int l = 0; l < LANES; ++l) lane[l] = lane32[l] = l;
+    const lane_mask bit = (lane_mask{} + 1) << lane;
     int m = 0;
     for (int a = 0; a < n; ++a) {
         const double vxa = e.vx[a], vya = e.vy[a], vza = e.vz[a];
         int* run = row_run + a * (S + 1);
         for (int t = 0; t < S; ++t) {
             run[t] = m;
-            for (int b = std::max(a + 1, e.run[t]); b < e.run[t + 1]; ++b) {
-                const double dx = e.vx[b] - vxa, dy = e.vy[b] - vya, dz = e.vz[b] - vza;
-                const double r2 = dx * dx + dy * dy + dz * dz;
-                pb[m] = b;
-                rjk2[m] = r2;
-                m += !p.all_g4 | (r2 < rc2);  // branch-free compaction
+            const int end = e.run[t + 1];
+            for (int b = std::max(a + 1, e.run[t]); b < end; b += LANES) {
+                lanes x, y, z;
+                load_lanes(x, e.vx + b);  // the slot arrays have LANES zeros after the end
+                load_lanes(y, e.vy + b);
+                load_lanes(z, e.vz + b);
+                x -= vxa;
+                y -= vya;
+                z -= vza;
+                const lanes r2 = x * x + y * y + z * z;
+                const int mask = keep_mask(r2 - limit, lane - (end - b), bit);
+                std::uint8_t packed[LANES];
+                std::memcpy(packed, COMPRESS.index[mask], LANES);
+                lane_mask index;
+                index_lanes index32;
+                for (int l = 0; l < LANES; ++l) index[l] = index32[l] = packed[l];
+                store_permuted(rjk2 + m, r2, index);
+                store_permuted(pb + m, lane32 + b, index32);
+                m += __builtin_popcount(static_cast<unsigned>(mask));
             }
         }
         run[S] = m;
@@ -1063,9 +1129,9 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     int* angular_of_slot = sized(w.angular_of_slot, std::max(n_slots, 1));
     double* ar = sized(w.ar, na);
     double* ainv = sized(w.ainv, na);
-    double* avx = sized(w.avx, na);
-    double* avy = sized(w.avy, na);
-    double* avz = sized(w.avz, na);
+    double* avx = zeroed(w.avx, na + LANES);  // LANES zeros after the end: read eight at a time
+    double* avy = zeroed(w.avy, na + LANES);
+    double* avz = zeroed(w.avz, na + LANES);
     int* aspecies = sized(w.aspecies, na);
     int* next = sized(w.next, num_species_);
     std::copy(run, run + num_species_, next);
