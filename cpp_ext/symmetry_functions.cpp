@@ -346,6 +346,8 @@ struct AngularScratch {
     std::vector<int> pair_b;           // partners b > a of the pairs (a, b), row a by row a
     std::vector<int> row_run;          // [slot][S + 1]: row a's partners of species t start here
     std::vector<double> rjk2;          // [pair]
+    std::vector<double> partner;       // [PartnerValue][partner_stride]
+    std::size_t partner_stride = 0;
     std::vector<double> factors;       // [pair factor][STRIDE] of a batch of pairs
     std::vector<Segment> segments;     // the batch's pairs, row by row
     LaneBuffer powers;                // [batch pair][pattern][P, P′]
@@ -364,10 +366,13 @@ constexpr int STRIDE = CAP + LANES;
 // geometry, then per distinct η the edge factors of both edges, then per group the distance
 // factors.
 enum PairFactor {
-    INV_RA, VX_A, VY_A, VZ_A, INV_RB, VX_B, VY_B, VZ_B,
+    INV_RA, VX_A, VY_A, VZ_A,
     COS_THETA, RJK2, RJK, INV_RJK, FC_JK, DFC_JK, COS_RA2, COS_RB2, INV_RARB, NUM_GEOMETRY
 };
-enum EdgeFactor { H_A, G_A, H_B, G_B, NUM_EDGE_FACTORS };  // per distinct η
+enum EdgeFactor { H_A, G_A, H_B, G_B, NUM_EDGE_FACTORS };  // per distinct η, both edges
+// The partner's edge vector and 1/r for every pair of the centre, packed with the pair list
+// ([value][partner_stride]).
+enum PartnerValue { P_VX, P_VY, P_VZ, P_INV_R, NUM_PARTNER_VALUES };
 // Per group, with derivatives (without: H only); see the file header.
 enum GroupFactor { H_, X_A, X_B, Y_A, Y_B, Z_, Q_, NUM_GROUP_FACTORS };
 
@@ -429,6 +434,10 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
     const std::size_t candidates = static_cast<std::size_t>(n) * (n - 1) / 2 + LANES;
     int* __restrict pb = sized(s.pair_b, candidates);
     double* __restrict rjk2 = sized(s.rjk2, candidates);
+    // (a stride ≡ 8 mod 16 doubles: the arrays do not share L1 cache sets)
+    const std::size_t ps = s.partner_stride = ((candidates + LANES - 1) / LANES * LANES) | LANES;
+    double* __restrict partner =
+        sized(s.partner, ps * NUM_PARTNER_VALUES);
     int* __restrict row_run = sized(s.row_run, static_cast<std::size_t>(n) * (S + 1));
     const lanes limit = lanes{} + (p.all_g4 ? p.rc * p.rc : HUGE_VAL);
     lane_mask lane{};
@@ -459,6 +468,15 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
                 for (int l = 0; l < LANES; ++l) index[l] = index32[l] = packed[l];
                 store_permuted(rjk2 + m, r2, index);
                 store_permuted(pb + m, lane32 + b, index32);
+                const auto pack = [&](int value, const double* source) {
+                    lanes v;
+                    load_lanes(v, source + b);
+                    store_permuted(partner + value * ps + m, v, index);
+                };
+                store_permuted(partner + P_VX * ps + m, x + vxa, index);
+                store_permuted(partner + P_VY * ps + m, y + vya, index);
+                store_permuted(partner + P_VZ * ps + m, z + vza, index);
+                pack(P_INV_R, e.inv_r);
                 m += __builtin_popcount(static_cast<unsigned>(mask));
             }
         }
@@ -487,38 +505,37 @@ MLPOT_ALWAYS_INLINE void fill_row(const AngularEdges& e, int n_eta, int a, int l
     }
 }
 
+// The partners' η factors beside each of the batch's m pairs (its partners pb).
 template <bool Derivatives>
-MLPOT_ALWAYS_INLINE void gather_partners(const AngularEdges& e, int n_eta,
-                                         const int* __restrict pb,
-                                         const double* __restrict rjk2, int m,
-                                         double* __restrict f) {
-    for (int j = 0; j < m; ++j) {
-        const int b = pb[j];
-        f[RJK2 * STRIDE + j] = rjk2[j];
-        f[VX_B * STRIDE + j] = e.vx[b];
-        f[VY_B * STRIDE + j] = e.vy[b];
-        f[VZ_B * STRIDE + j] = e.vz[b];
-        f[INV_RB * STRIDE + j] = e.inv_r[b];
-        for (int q = 0; q < n_eta; ++q) {
-            double* out = f + (NUM_GEOMETRY + q * NUM_EDGE_FACTORS) * STRIDE + j;
-            out[H_B * STRIDE] = e.h[q * e.h_stride + b];
-            if constexpr (Derivatives) out[G_B * STRIDE] = e.g[q * e.h_stride + b];
+MLPOT_ALWAYS_INLINE void gather_partner_factors(const AngularEdges& e, int n_eta,
+                                                const int* __restrict pb, int m,
+                                                double* __restrict f) {
+    for (int q = 0; q < n_eta; ++q) {
+        const double* __restrict h = e.h + q * e.h_stride;
+        const double* __restrict g = e.g + q * e.h_stride;
+        double* __restrict hb = f + (NUM_GEOMETRY + q * NUM_EDGE_FACTORS + H_B) * STRIDE;
+        double* __restrict gb = f + (NUM_GEOMETRY + q * NUM_EDGE_FACTORS + G_B) * STRIDE;
+        for (int j = 0; j < m; ++j) {
+            hb[j] = h[pb[j]];
+            if constexpr (Derivatives) gb[j] = g[pb[j]];
         }
     }
 }
 
 // Geometry of m pairs: cos θ, r_jk, f_c(r_jk), … (r_jk ≥ rc gives f_c = f_c' = 1/r_jk = 0).
 template <bool Cosine, bool Derivatives>
-MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, double* __restrict f) {
+MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, const double* __restrict rjk2_in,
+                                       const double* __restrict pv, std::size_t ps,
+                                       double* __restrict f) {
     const double rc2 = p.rc * p.rc;
     const double* __restrict vxa = f + VX_A * STRIDE;
     const double* __restrict vya = f + VY_A * STRIDE;
     const double* __restrict vza = f + VZ_A * STRIDE;
-    const double* __restrict vxb = f + VX_B * STRIDE;
-    const double* __restrict vyb = f + VY_B * STRIDE;
-    const double* __restrict vzb = f + VZ_B * STRIDE;
+    const double* __restrict vxb = pv + P_VX * ps;
+    const double* __restrict vyb = pv + P_VY * ps;
+    const double* __restrict vzb = pv + P_VZ * ps;
     const double* __restrict ia = f + INV_RA * STRIDE;
-    const double* __restrict ib = f + INV_RB * STRIDE;
+    const double* __restrict ib = pv + P_INV_R * ps;
     double* __restrict cos_theta = f + COS_THETA * STRIDE;
     double* __restrict rjk2 = f + RJK2 * STRIDE;
     double* __restrict rjk = f + RJK * STRIDE;
@@ -533,8 +550,8 @@ MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, double* __restr
         const double inv_ab = ia[j] * ib[j];
         const double c = (vxa[j] * vxb[j] + vya[j] * vyb[j] + vza[j] * vzb[j]) * inv_ab;
         cos_theta[j] = c;
-        const double in = rjk2[j] < rc2 ? 1.0 : 0.0;
-        const double r2 = rjk2[j] < rc2 ? rjk2[j] : rc2;
+        const double in = rjk2_in[j] < rc2 ? 1.0 : 0.0;
+        const double r2 = rjk2_in[j] < rc2 ? rjk2_in[j] : rc2;
         double inverse, root, fc, dfc;
         inverse_sqrt_and_sqrt(r2, inverse, root);
         if (Cosine) {
@@ -557,15 +574,15 @@ MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, double* __restr
 
 // Distance factors of one group for m pairs (see the file header): H = h(r_a) h(r_b) h(r_jk)
 // (G5: without h(r_jk)) and, with derivatives, Q = (∂H/∂r_jk) / r_jk, X_a = (∂H/∂r_a) / r_a + Q,
-// X_b, Y_a = H cos θ / r_a², Y_b, Z = H / (r_a r_b). `edge` holds the group's η factors of both
-// edges.
+// X_b, Y_a = H cos θ / r_a², Y_b, Z = H / (r_a r_b). `edge` holds the group's η factors of row a,
+// hb and gb the partners'.
 template <bool G4, bool Derivatives>
 MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restrict f,
-                                       const double* __restrict edge, double* __restrict out) {
+                                       const double* __restrict edge,
+                                       const double* __restrict hb, const double* __restrict gb,
+                                       double* __restrict out) {
     const double* __restrict ha = edge + H_A * STRIDE;
     const double* __restrict ga = edge + G_A * STRIDE;
-    const double* __restrict hb = edge + H_B * STRIDE;
-    const double* __restrict gb = edge + G_B * STRIDE;
     const double* __restrict rjk2 = f + RJK2 * STRIDE;
     const double* __restrict rjk = f + RJK * STRIDE;
     const double* __restrict inv_rjk = f + INV_RJK * STRIDE;
@@ -686,13 +703,17 @@ inline int species_pair(int s, int t) {
 // edges' A and B (see the file header), row a's side kept in registers over its partners.
 template <bool Derivatives>
 MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, AngularScratch& s,
-                                    const int* __restrict pb) {
+                                    int p0) {
     constexpr int per_pattern = Derivatives ? 2 : 1;
     constexpr int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
     const int nb = p.n_blocks, nc = p.n_chunks;
     const std::size_t stride = static_cast<std::size_t>(p.n_patterns) * per_pattern;
     const double* __restrict f = s.factors.data();
     const double* __restrict groups = f + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * STRIDE;
+    const int* __restrict pb = s.pair_b.data() + p0;
+    const double* __restrict vxb = s.partner.data() + P_VX * s.partner_stride + p0;
+    const double* __restrict vyb = s.partner.data() + P_VY * s.partner_stride + p0;
+    const double* __restrict vzb = s.partner.data() + P_VZ * s.partner_stride + p0;
     lanes* __restrict acc = s.acc.data();
     for (const Segment& segment : s.segments) {
         const int a = segment.a, lo = segment.lo, hi = segment.hi;
@@ -715,9 +736,9 @@ MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, An
                 sG += Pj * g[H_ * STRIDE + j];
                 sA += Pj * g[X_A * STRIDE + j] - dPj * g[Y_A * STRIDE + j];
                 const lanes beta = dPj * g[Z_ * STRIDE + j] - Pj * g[Q_ * STRIDE + j];
-                sx += beta * f[VX_B * STRIDE + j];
-                sy += beta * f[VY_B * STRIDE + j];
-                sz += beta * f[VZ_B * STRIDE + j];
+                sx += beta * vxb[j];
+                sy += beta * vyb[j];
+                sz += beta * vzb[j];
                 lanes* other = acc + ((static_cast<std::size_t>(pb[j]) * nb + block) * nc + c) * 4;
                 other[0] += Pj * g[X_B * STRIDE + j] - dPj * g[Y_B * STRIDE + j];
                 other[1] += beta * vxa;
@@ -736,27 +757,32 @@ MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, An
 // The pair factors and terms of a batch of m packed pairs.
 template <bool Derivatives>
 MLPOT_ALWAYS_INLINE void angular_batch(const LanePlan& p, const AngularEdges& e,
-                                       AngularScratch& s, const int* pb, int m) {
+                                       AngularScratch& s, int p0, int m) {
     constexpr int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
     double* f = s.factors.data();
+    const std::size_t ps = s.partner_stride;
+    const double* pv = s.partner.data() + p0;  // the batch's partner values
     if (p.cosine) {
-        pair_geometry<true, Derivatives>(p, m, f);
+        pair_geometry<true, Derivatives>(p, m, s.rjk2.data() + p0, pv, ps, f);
     } else {
-        pair_geometry<false, Derivatives>(p, m, f);
+        pair_geometry<false, Derivatives>(p, m, s.rjk2.data() + p0, pv, ps, f);
     }
     const double* edge = f + NUM_GEOMETRY * STRIDE;
     double* group = f + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * STRIDE;
     for (int g = 0; g < p.n_groups; ++g) {
-        const double* edge_g = edge + p.group_eta_index[g] * NUM_EDGE_FACTORS * STRIDE;
+        const int q = p.group_eta_index[g];
+        const double* edge_g = edge + q * NUM_EDGE_FACTORS * STRIDE;
+        const double* hb = edge_g + H_B * STRIDE;
+        const double* gb = edge_g + G_B * STRIDE;
         double* out = group + g * per_group * STRIDE;
         if (p.group_g4[g]) {
-            group_factors<true, Derivatives>(p.group_eta[g], m, f, edge_g, out);
+            group_factors<true, Derivatives>(p.group_eta[g], m, f, edge_g, hb, gb, out);
         } else {
-            group_factors<false, Derivatives>(p.group_eta[g], m, f, edge_g, out);
+            group_factors<false, Derivatives>(p.group_eta[g], m, f, edge_g, hb, gb, out);
         }
     }
     angular_powers<Derivatives>(p, f + COS_THETA * STRIDE, m, s.powers.data());
-    accumulate<Derivatives>(p, e, s, pb);
+    accumulate<Derivatives>(p, e, s, p0);
 }
 
 // The angular block of one centre into s.G (and s.acc): the pairs, then batches of CAP pairs
@@ -788,9 +814,8 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
                 if (lo < hi) s.segments.push_back({a, t, lo, hi});
             }
         }
-        const int* pb = s.pair_b.data() + p0;
-        gather_partners<Derivatives>(e, p.n_eta, pb, s.rjk2.data() + p0, m, f);
-        angular_batch<Derivatives>(p, e, s, pb, m);
+        gather_partner_factors<Derivatives>(e, p.n_eta, s.pair_b.data() + p0, m, f);
+        angular_batch<Derivatives>(p, e, s, p0, m);
     }
 }
 
@@ -1128,7 +1153,7 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     for (int t = 0; t < num_species_; ++t) run[t + 1] += run[t];
     int* angular_of_slot = sized(w.angular_of_slot, std::max(n_slots, 1));
     double* ar = sized(w.ar, na);
-    double* ainv = sized(w.ainv, na);
+    double* ainv = zeroed(w.ainv, na + LANES);
     double* avx = zeroed(w.avx, na + LANES);  // LANES zeros after the end: read eight at a time
     double* avy = zeroed(w.avy, na + LANES);
     double* avz = zeroed(w.avz, na + LANES);
@@ -1150,9 +1175,9 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     }
     w.n_angular = n_ang;
     const int n_eta = static_cast<int>(distinct_eta_.size());
-    const std::size_t h_stride = std::max<std::size_t>(na, 1);
-    double* h = sized(w.h, h_stride * n_eta);
-    double* dh = sized(w.dh, h_stride * n_eta);
+    const std::size_t h_stride = na + LANES;  // LANES zeros after each row, as the slot arrays
+    double* h = zeroed(w.h, h_stride * n_eta);
+    double* dh = zeroed(w.dh, h_stride * n_eta);
     if (n_ang > 0) {
         edge_factors(n_ang, h_stride, ar, ainv, n_eta, distinct_eta_.data(), cosine, 1.0 / rca, h, dh,
                      sized(w.fc_tmp, na), sized(w.dfc_tmp, na));
