@@ -12,18 +12,20 @@
 // the β terms need a vector accumulator. Radial terms lie along a / r_a.
 //
 // Speed. Per centre, the edges inside the angular cutoff are stored as arrays sorted by neighbour
-// species, and the unordered pairs (a, b > a) are listed once — only those with r_jk < rc when
-// every function is a G4 (f_c(r_jk) = 0 removes the others, about half the pairs in a dense
-// solid). In batches of pairs, everything that depends on the pair only (cos θ, r_jk, f_c(r_jk),
-// exp(−η r_jk²) and the distance factors of each (η, kind) group) is computed in loops over pairs
-// that the compiler vectorises (hence the branch-free exp, sin/cos and 1/√x below). The angular
-// functions themselves are evaluated eight at a time, one per vector lane ("chunks" of a group):
-// per pair and chunk, the powers (1 + λ cos θ)^ζ of all lanes at once, and the terms of G, of
-// row a's A and B (kept in registers over its partners) and of the partner's A and B (added in
-// its accumulator) as vector operations, so each pair is visited once for both of its edges.
+// species, and the unordered pairs (a, b > a) are listed once, eight candidates at a time (a
+// vector of r_jk², the kept ones packed by a permute with the partner's edge vector and 1/r) —
+// only those with r_jk < rc when every function is a G4 (f_c(r_jk) = 0 removes the others, about
+// half the pairs in a dense solid). In batches of 256 pairs, everything that depends on the pair
+// only (cos θ, r_jk, f_c(r_jk), exp(−η r_jk²) and the distance factors of each (η, kind) group)
+// is computed in loops over pairs that the compiler vectorises (hence the branch-free exp,
+// sin/cos and 1/√x below). The angular functions themselves are evaluated eight at a time, one
+// per vector lane ("chunks" of a group): per pair and chunk, the powers (1 + λ cos θ)^ζ of all
+// lanes at once, and the terms of G, of row a's A and β (kept in registers over its partners)
+// and of the partner's (added in its accumulator) as 13 vector operations, so each pair is
+// visited once for both of its edges. The derivatives are written with streaming stores.
 // gradient() is compute() with derivatives contracted centre by centre. On x86-64 with GCC the
 // hot functions are compiled for AVX-512, AVX2 + FMA and baseline x86-64 and picked at load time
-// (target_clones).
+// (target_clones); the code uses GCC/clang vector extensions.
 #include "symmetry_functions.hpp"
 
 #include <algorithm>
@@ -336,12 +338,12 @@ struct AngularEdges {
     const double *h, *g;  // [η index][h_stride]: exp(−η r²) f_c(r) and (d/dr of it) / r
 };
 
-// Scratch of the angular pass, and its results for one centre.
 // Row a's partners of species t at the batch's entries [lo, hi).
 struct Segment {
     int a, t, lo, hi;
 };
 
+// Scratch of the angular pass, and its results for one centre.
 struct AngularScratch {
     std::vector<int> pair_b;           // partners b > a of the pairs (a, b), row a by row a
     std::vector<int> row_run;          // [slot][S + 1]: row a's partners of species t start here
@@ -355,14 +357,14 @@ struct AngularScratch {
     LaneBuffer acc;                   // [slot][block][chunk][A, Bx, By, Bz]: see the file header
 };
 
-// Pairs per batch: the batch's pair factors (≈ 40–70 arrays of CAP doubles) stay in L1/L2.
+// Pairs per batch: the batch's pair factors (≈ 30–50 arrays of CAP doubles) stay in L1/L2.
 constexpr int CAP = 256;
 // Distance between the batch's per-pair arrays: not a multiple of 512 bytes, so that arrays
 // read or written at the same index fall into different L1 cache sets (2 kB spacing made the
 // packing 1.5× slower).
 constexpr int STRIDE = CAP + LANES;
 
-// Per-pair arrays of a batch ([factor][STRIDE]): both edges' values gathered side by side, the
+// Per-pair arrays of a batch ([factor][STRIDE]): row a's values beside each of its pairs, the
 // geometry, then per distinct η the edge factors of both edges, then per group the distance
 // factors.
 enum PairFactor {
@@ -436,8 +438,7 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
     double* __restrict rjk2 = sized(s.rjk2, candidates);
     // (a stride ≡ 8 mod 16 doubles: the arrays do not share L1 cache sets)
     const std::size_t ps = s.partner_stride = ((candidates + LANES - 1) / LANES * LANES) | LANES;
-    double* __restrict partner =
-        sized(s.partner, ps * NUM_PARTNER_VALUES);
+    double* __restrict partner = sized(s.partner, ps * NUM_PARTNER_VALUES);
     int* __restrict row_run = sized(s.row_run, static_cast<std::size_t>(n) * (S + 1));
     const lanes limit = lanes{} + (p.all_g4 ? p.rc * p.rc : HUGE_VAL);
     lane_mask lane{};
@@ -468,15 +469,12 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
                 for (int l = 0; l < LANES; ++l) index[l] = index32[l] = packed[l];
                 store_permuted(rjk2 + m, r2, index);
                 store_permuted(pb + m, lane32 + b, index32);
-                const auto pack = [&](int value, const double* source) {
-                    lanes v;
-                    load_lanes(v, source + b);
-                    store_permuted(partner + value * ps + m, v, index);
-                };
+                lanes inv_r;
+                load_lanes(inv_r, e.inv_r + b);
                 store_permuted(partner + P_VX * ps + m, x + vxa, index);
                 store_permuted(partner + P_VY * ps + m, y + vya, index);
                 store_permuted(partner + P_VZ * ps + m, z + vza, index);
-                pack(P_INV_R, e.inv_r);
+                store_permuted(partner + P_INV_R * ps + m, inv_r, index);
                 m += __builtin_popcount(static_cast<unsigned>(mask));
             }
         }
@@ -485,13 +483,12 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
     return m;
 }
 
-// Both edges' values beside each pair, so that the pair loops below read contiguous arrays
-// (and vectorise): row a's values over its pairs [lo, hi), then the partners' values.
+// Row a's values beside each of its pairs [lo, hi) of the batch, so that the pair loops below
+// read contiguous arrays (and vectorise).
 template <bool Derivatives>
 MLPOT_ALWAYS_INLINE void fill_row(const AngularEdges& e, int n_eta, int a, int lo, int hi,
                                   double* __restrict f) {
     const double vx = e.vx[a], vy = e.vy[a], vz = e.vz[a], inv_r = e.inv_r[a];
-    MLPOT_INDEPENDENT
     for (int j = lo; j < hi; ++j) {
         f[VX_A * STRIDE + j] = vx;
         f[VY_A * STRIDE + j] = vy;
@@ -835,24 +832,26 @@ MLPOT_ALWAYS_INLINE void stream_lanes(double* out, const lanes& v) {
 // out[3 l + d] = (x, y, z)_d[l], l < 8: 24 contiguous doubles (six two-source permutes).
 MLPOT_ALWAYS_INLINE void store_interleaved(double* out, const lanes& x, const lanes& y,
                                            const lanes& z) {
-#if defined(__clang__)
-    for (int l = 0; l < LANES; ++l) {
-        out[3 * l] = x[l];
-        out[3 * l + 1] = y[l];
-        out[3 * l + 2] = z[l];
-    }
-#else
     static_assert(LANES == 8, "the permutes below interleave eight lanes");
+#if defined(__clang__)
+    lanes o[3];
+    for (int l = 0; l < LANES; ++l) {
+        o[(3 * l) / LANES][(3 * l) % LANES] = x[l];
+        o[(3 * l + 1) / LANES][(3 * l + 1) % LANES] = y[l];
+        o[(3 * l + 2) / LANES][(3 * l + 2) % LANES] = z[l];
+    }
+    const lanes &o0 = o[0], &o1 = o[1], &o2 = o[2];
+#else
     const lanes o0 = __builtin_shuffle(__builtin_shuffle(x, y, lane_mask{0, 8, 0, 1, 9, 0, 2, 10}),
                                        z, lane_mask{0, 1, 8, 3, 4, 9, 6, 7});
     const lanes o1 = __builtin_shuffle(__builtin_shuffle(x, y, lane_mask{0, 3, 11, 0, 4, 12, 0, 5}),
                                        z, lane_mask{10, 1, 2, 11, 4, 5, 12, 7});
     const lanes o2 = __builtin_shuffle(__builtin_shuffle(x, y, lane_mask{13, 0, 6, 14, 0, 7, 15, 0}),
                                        z, lane_mask{0, 13, 2, 3, 14, 5, 6, 15});
+#endif
     stream_lanes(out, o0);
     stream_lanes(out + LANES, o1);
     stream_lanes(out + 2 * LANES, o2);
-#endif
 }
 
 // One edge's derivatives dG[f, :]: radial A u (u the unit vector), then angular A v + B (v the
@@ -952,7 +951,7 @@ struct SymmetryFunctions::Workspace {
     std::vector<int> next;             // [S] counting-sort cursors
     std::vector<double> ar, ainv, avx, avy, avz;
     std::vector<int> aspecies;
-    std::vector<double> h, dh, fc_tmp, dfc_tmp;
+    std::vector<double> h, g, fc_tmp, dfc_tmp;
     AngularScratch angular;                  // pairs, pair factors and the angular results
     std::vector<double> descriptor, weight;  // gradient() only
 };
@@ -1153,7 +1152,7 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     for (int t = 0; t < num_species_; ++t) run[t + 1] += run[t];
     int* angular_of_slot = sized(w.angular_of_slot, std::max(n_slots, 1));
     double* ar = sized(w.ar, na);
-    double* ainv = zeroed(w.ainv, na + LANES);
+    double* ainv = zeroed(w.ainv, na + LANES);  // (as avx …: packed eight at a time)
     double* avx = zeroed(w.avx, na + LANES);  // LANES zeros after the end: read eight at a time
     double* avy = zeroed(w.avy, na + LANES);
     double* avz = zeroed(w.avz, na + LANES);
@@ -1175,14 +1174,14 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     }
     w.n_angular = n_ang;
     const int n_eta = static_cast<int>(distinct_eta_.size());
-    const std::size_t h_stride = na + LANES;  // LANES zeros after each row, as the slot arrays
-    double* h = zeroed(w.h, h_stride * n_eta);
-    double* dh = zeroed(w.dh, h_stride * n_eta);
+    const std::size_t h_stride = std::max<std::size_t>(na, 1);
+    double* h = sized(w.h, h_stride * n_eta);
+    double* g = sized(w.g, h_stride * n_eta);
     if (n_ang > 0) {
-        edge_factors(n_ang, h_stride, ar, ainv, n_eta, distinct_eta_.data(), cosine, 1.0 / rca, h, dh,
+        edge_factors(n_ang, h_stride, ar, ainv, n_eta, distinct_eta_.data(), cosine, 1.0 / rca, h, g,
                      sized(w.fc_tmp, na), sized(w.dfc_tmp, na));
     }
-    const AngularEdges angular_edges{n_ang, ainv, avx, avy, avz, aspecies, run, h_stride, h, dh};
+    const AngularEdges angular_edges{n_ang, ainv, avx, avy, avz, aspecies, run, h_stride, h, g};
     const LanePlan plan{num_species_,
                         num_pairs_,
                         static_cast<int>(chunk_group_.size()),
