@@ -71,14 +71,20 @@ def torchani_computer(dtype):
 
 def best(function, repeats, min_seconds=0.5, max_repeats=200):
     """Best of at least `repeats` runs, and of more (up to max_repeats) until min_seconds have
-    been spent: small systems run in a millisecond, and their first runs are slower."""
+    been spent: small systems run in a millisecond, and their first runs are slower. The garbage
+    collector is off while timing, as in timeit (a collection before each run walks every Python
+    object and leaves the caches cold for the millisecond that follows)."""
     times = []
-    while len(times) < repeats or (sum(times) < min_seconds and len(times) < max_repeats):
-        gc.collect()
-        start = time.process_time()
-        result = function()
-        times.append(time.process_time() - start)
-        del result
+    gc.collect()
+    gc.disable()
+    try:
+        while len(times) < repeats or (sum(times) < min_seconds and len(times) < max_repeats):
+            start = time.process_time()
+            result = function()
+            times.append(time.process_time() - start)
+            del result
+    finally:
+        gc.enable()
     return min(times)
 
 
