@@ -705,6 +705,7 @@ MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, An
     constexpr int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
     const int nb = p.n_blocks, nc = p.n_chunks;
     const std::size_t stride = static_cast<std::size_t>(p.n_patterns) * per_pattern;
+    const std::size_t slot_stride = static_cast<std::size_t>(nb) * nc * 4;  // lanes per slot
     const double* __restrict f = s.factors.data();
     const double* __restrict groups = f + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * STRIDE;
     const int* __restrict pb = s.pair_b.data() + p0;
@@ -726,7 +727,8 @@ MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, An
                 G = sG;
                 continue;
             }
-            lanes* row = acc + ((static_cast<std::size_t>(a) * nb + block) * nc + c) * 4;
+            lanes* cell = acc + (static_cast<std::size_t>(block) * nc + c) * 4;  // of slot 0
+            lanes* row = cell + a * slot_stride;
             lanes sA = row[0], sx = row[1], sy = row[2], sz = row[3];
             for (int j = lo; j < hi; ++j) {
                 const lanes Pj = P[j * stride], dPj = P[j * stride + 1];
@@ -736,7 +738,7 @@ MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, An
                 sx += beta * vxb[j];
                 sy += beta * vyb[j];
                 sz += beta * vzb[j];
-                lanes* other = acc + ((static_cast<std::size_t>(pb[j]) * nb + block) * nc + c) * 4;
+                lanes* other = cell + pb[j] * slot_stride;
                 other[0] += Pj * g[X_B * STRIDE + j] - dPj * g[Y_B * STRIDE + j];
                 other[1] += beta * vxa;
                 other[2] += beta * vya;
