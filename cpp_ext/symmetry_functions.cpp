@@ -192,6 +192,16 @@ MLPOT_ALWAYS_INLINE void polynomial_cutoff(double x, double inv_rc, double& fc, 
     dfc = -30.0 * x2 * one_minus * one_minus * inv_rc;
 }
 
+// Whether the clone that runs is the AVX-512 one (vector registers of LANES doubles).
+bool wide_vector_registers() {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    static const bool wide = __builtin_cpu_supports("x86-64-v4");
+    return wide;
+#else
+    return false;
+#endif
+}
+
 // ---- Hot loops (free functions so that they can be cloned per instruction set). ----
 
 // Radial functions of n edges (r, neighbour species) into G[S × n_radial] and, if A is not null,
@@ -324,6 +334,7 @@ struct LanePlan {
     const int *pattern_bits, *pattern_fractional;          // [pattern]
     bool cosine;
     bool all_g4;  // every function has the f_c(r_jk) factor: pairs with r_jk ≥ rc are dropped
+    bool wide_vectors;  // a vector register holds LANES doubles (AVX-512)
     double rc, inv_rc;
 };
 
@@ -488,17 +499,22 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
 template <bool Derivatives>
 MLPOT_ALWAYS_INLINE void fill_row(const AngularEdges& e, int n_eta, int a, int lo, int hi,
                                   double* __restrict f) {
-    const double vx = e.vx[a], vy = e.vy[a], vz = e.vz[a], inv_r = e.inv_r[a];
-    for (int j = lo; j < hi; ++j) {
-        f[VX_A * STRIDE + j] = vx;
-        f[VY_A * STRIDE + j] = vy;
-        f[VZ_A * STRIDE + j] = vz;
-        f[INV_RA * STRIDE + j] = inv_r;
-        for (int q = 0; q < n_eta; ++q) {
-            double* out = f + (NUM_GEOMETRY + q * NUM_EDGE_FACTORS) * STRIDE + j;
-            out[H_A * STRIDE] = e.h[q * e.h_stride + a];
-            if constexpr (Derivatives) out[G_A * STRIDE] = e.g[q * e.h_stride + a];
+    // Eight at a time, past hi: the next row overwrites the excess (rows are filled in order,
+    // and the arrays have LANES of room after CAP).
+    const auto fill = [f, lo, hi](int factor, double value) {
+        double* __restrict out = f + factor * STRIDE;
+        for (int j = lo; j < hi; j += LANES) {
+            for (int l = 0; l < LANES; ++l) out[j + l] = value;
         }
+    };
+    fill(VX_A, e.vx[a]);
+    fill(VY_A, e.vy[a]);
+    fill(VZ_A, e.vz[a]);
+    fill(INV_RA, e.inv_r[a]);
+    for (int q = 0; q < n_eta; ++q) {
+        const int edge = NUM_GEOMETRY + q * NUM_EDGE_FACTORS;
+        fill(edge + H_A, e.h[q * e.h_stride + a]);
+        if constexpr (Derivatives) fill(edge + G_A, e.g[q * e.h_stride + a]);
     }
 }
 
@@ -628,12 +644,16 @@ MLPOT_ALWAYS_INLINE void pattern_powers(const lanes& lambda, const lanes& scale,
                                         const lanes& dscale, const lane_mask* bit,
                                         const double* __restrict cos_theta, int m,
                                         std::size_t stride, lanes* __restrict out) {
+    // Selects as bit operations (a vector cast reinterprets the bits): GCC compiles vector
+    // conditionals lane by lane where the vector is wider than the target's (AVX2).
+    lane_mask one_unless[Bits > 0 ? Bits : 1];  // 1.0 where the bit is clear, else 0
+    for (int k = 0; k < Bits; ++k) one_unless[k] = (lane_mask)(lanes{} + 1.0) & ~bit[k];
     for (int j = 0; j < m; ++j) {
-        lanes x = 1.0 + lambda * cos_theta[j];
-        x = x > lanes{} ? x : lanes{};
+        const lane_mask value = (lane_mask)(1.0 + lambda * cos_theta[j]);
+        const lanes x = (lanes)(value & ~(value >> 63));  // max(1 + λ cos θ, 0)
         lanes xe = lanes{} + 1.0, square = x;
         for (int k = 0; k < Bits; ++k) {
-            xe = bit[k] ? xe * square : xe;
+            xe *= (lanes)(((lane_mask)square & bit[k]) | one_unless[k]);  // square or 1
             if (k + 1 < Bits) square = square * square;
         }
         lanes* o = out + j * stride;
@@ -697,12 +717,22 @@ inline int species_pair(int s, int t) {
 }
 
 // The batch's pairs, segment by segment: the chunk's lanes of G and, with derivatives, of both
-// edges' A and B (see the file header), row a's side kept in registers over its partners.
-template <bool Derivatives>
+// edges' A and B (see the file header), row a's side kept in registers over its partners. W of
+// the chunk's lanes at a time: all eight with AVX-512, four elsewhere (GCC spills eight-lane
+// accumulators through general registers when a vector register holds only four).
+template <bool Derivatives, int W>
 MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, AngularScratch& s,
                                     int p0) {
+    typedef double part __attribute__((vector_size(W * sizeof(double))));
+    static_assert(LANES % W == 0, "a chunk is a whole number of parts");
     constexpr int per_pattern = Derivatives ? 2 : 1;
     constexpr int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
+    const auto load = [](part& x, const lanes* v, int offset) {
+        std::memcpy(&x, reinterpret_cast<const double*>(v) + offset, sizeof x);
+    };
+    const auto store = [](lanes* v, int offset, const part& x) {
+        std::memcpy(reinterpret_cast<double*>(v) + offset, &x, sizeof x);
+    };
     const int nb = p.n_blocks, nc = p.n_chunks;
     const std::size_t stride = static_cast<std::size_t>(p.n_patterns) * per_pattern;
     const std::size_t slot_stride = static_cast<std::size_t>(nb) * nc * 4;  // lanes per slot
@@ -720,35 +750,49 @@ MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, An
         for (int c = 0; c < nc; ++c) {
             const double* __restrict g = groups + p.chunk_group[c] * per_group * STRIDE;
             const lanes* __restrict P = s.powers.data() + p.chunk_pattern[c] * per_pattern;
-            lanes& G = s.G.data()[block * nc + c];
-            lanes sG = G;
-            if constexpr (!Derivatives) {
-                for (int j = lo; j < hi; ++j) sG += P[j * stride] * g[j];
-                G = sG;
-                continue;
-            }
+            lanes* G = s.G.data() + block * nc + c;
             lanes* cell = acc + (static_cast<std::size_t>(block) * nc + c) * 4;  // of slot 0
             lanes* row = cell + a * slot_stride;
-            lanes sA = row[0], sx = row[1], sy = row[2], sz = row[3];
-            for (int j = lo; j < hi; ++j) {
-                const lanes Pj = P[j * stride], dPj = P[j * stride + 1];
-                sG += Pj * g[H_ * STRIDE + j];
-                sA += Pj * g[X_A * STRIDE + j] - dPj * g[Y_A * STRIDE + j];
-                const lanes beta = dPj * g[Z_ * STRIDE + j] - Pj * g[Q_ * STRIDE + j];
-                sx += beta * vxb[j];
-                sy += beta * vyb[j];
-                sz += beta * vzb[j];
-                lanes* other = cell + pb[j] * slot_stride;
-                other[0] += Pj * g[X_B * STRIDE + j] - dPj * g[Y_B * STRIDE + j];
-                other[1] += beta * vxa;
-                other[2] += beta * vya;
-                other[3] += beta * vza;
+            for (int o = 0; o < LANES; o += W) {
+                part sG, sA, sx, sy, sz, Pj, dPj, oA, ox, oy, oz;
+                load(sG, G, o);
+                if constexpr (!Derivatives) {
+                    for (int j = lo; j < hi; ++j) {
+                        load(Pj, P + j * stride, o);
+                        sG += Pj * g[j];
+                    }
+                    store(G, o, sG);
+                    continue;
+                }
+                load(sA, row, o);
+                load(sx, row + 1, o);
+                load(sy, row + 2, o);
+                load(sz, row + 3, o);
+                for (int j = lo; j < hi; ++j) {
+                    load(Pj, P + j * stride, o);
+                    load(dPj, P + j * stride + 1, o);
+                    sG += Pj * g[H_ * STRIDE + j];
+                    sA += Pj * g[X_A * STRIDE + j] - dPj * g[Y_A * STRIDE + j];
+                    const part beta = dPj * g[Z_ * STRIDE + j] - Pj * g[Q_ * STRIDE + j];
+                    sx += beta * vxb[j];
+                    sy += beta * vyb[j];
+                    sz += beta * vzb[j];
+                    lanes* other = cell + pb[j] * slot_stride;
+                    load(oA, other, o);
+                    load(ox, other + 1, o);
+                    load(oy, other + 2, o);
+                    load(oz, other + 3, o);
+                    store(other, o, oA + Pj * g[X_B * STRIDE + j] - dPj * g[Y_B * STRIDE + j]);
+                    store(other + 1, o, ox + beta * vxa);
+                    store(other + 2, o, oy + beta * vya);
+                    store(other + 3, o, oz + beta * vza);
+                }
+                store(G, o, sG);
+                store(row, o, sA);
+                store(row + 1, o, sx);
+                store(row + 2, o, sy);
+                store(row + 3, o, sz);
             }
-            G = sG;
-            row[0] = sA;
-            row[1] = sx;
-            row[2] = sy;
-            row[3] = sz;
         }
     }
 }
@@ -781,7 +825,11 @@ MLPOT_ALWAYS_INLINE void angular_batch(const LanePlan& p, const AngularEdges& e,
         }
     }
     angular_powers<Derivatives>(p, f + COS_THETA * STRIDE, m, s.powers.data());
-    accumulate<Derivatives>(p, e, s, p0);
+    if (p.wide_vectors) {
+        accumulate<Derivatives, LANES>(p, e, s, p0);
+    } else {
+        accumulate<Derivatives, LANES / 2>(p, e, s, p0);
+    }
 }
 
 // The angular block of one centre into s.G (and s.acc): the pairs, then batches of CAP pairs
@@ -1204,6 +1252,7 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
                         pattern_fractional_.data(),
                         cosine,
                         all_g4_,
+                        wide_vector_registers(),
                         rca,
                         1.0 / rca};
     if (derivatives) {
