@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <sstream>
@@ -193,9 +194,14 @@ MLPOT_ALWAYS_INLINE void polynomial_cutoff(double x, double inv_rc, double& fc, 
 }
 
 // Whether the clone that runs is the AVX-512 one (vector registers of LANES doubles).
+// MLPOT_NARROW_VECTORS=1 takes the four-lane path anyway, so that tests on AVX-512 machines
+// check it too.
 bool wide_vector_registers() {
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-    static const bool wide = __builtin_cpu_supports("x86-64-v4");
+    static const bool wide = [] {
+        const char* narrow = std::getenv("MLPOT_NARROW_VECTORS");
+        return __builtin_cpu_supports("x86-64-v4") && !(narrow && std::strcmp(narrow, "1") == 0);
+    }();
     return wide;
 #else
     return false;

@@ -4,6 +4,8 @@ conventions (centre subsets, edge order, skins) and the errors for bad parameter
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -230,6 +232,38 @@ def test_lane_chunks_powers_and_batches():
     weights = np.random.default_rng(4).normal(size=G.shape)
     expected = np.einsum("efk,ef->ek", dG, weights[edge_index[0]])
     np.testing.assert_allclose(sf.gradient(z, edge_index, vectors, weights), expected,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_four_lane_accumulation_agrees(tmp_path):
+    """Without AVX-512 the pair terms are accumulated four lanes at a time instead of eight
+    (MLPOT_NARROW_VECTORS=1 forces that path here, in a fresh process): same G, dG and chain
+    rule up to rounding."""
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.symbols[::3] = "C"
+    atoms.rattle(0.05, seed=3)
+    species = ["C", "Si"]
+    sf = SymmetryFunctionSet.ani_like(species, cutoff=5.0, angular_cutoff=4.0)
+    z, edge_index, vectors = edges(atoms, 5.0, species)
+    weights = np.random.default_rng(5).normal(size=(len(atoms), sf.num_features))
+    np.savez(tmp_path / "inputs.npz", z=z, edge_index=edge_index, vectors=vectors,
+             weights=weights)
+    sf.to_file(tmp_path / "set.json")
+    script = (
+        "import numpy as np\n"
+        "from mlpot.symmetry_functions import SymmetryFunctionSet\n"
+        f"d = np.load({str(tmp_path / 'inputs.npz')!r})\n"
+        f"sf = SymmetryFunctionSet.from_file({str(tmp_path / 'set.json')!r})\n"
+        "G, dG = sf.compute(d['z'], d['edge_index'], d['vectors'])\n"
+        "g = sf.gradient(d['z'], d['edge_index'], d['vectors'], d['weights'])\n"
+        f"np.savez({str(tmp_path / 'narrow.npz')!r}, G=G, dG=dG, g=g)\n")
+    env = dict(os.environ, MLPOT_NARROW_VECTORS="1")
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+    narrow = np.load(tmp_path / "narrow.npz")
+    G, dG = sf.compute(z, edge_index, vectors)
+    np.testing.assert_allclose(narrow["G"], G, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(narrow["dG"], dG, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(narrow["g"], sf.gradient(z, edge_index, vectors, weights),
                                rtol=1e-12, atol=1e-12)
 
 
