@@ -22,7 +22,9 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent.resolve()
-CXXFLAGS = ["-O3", "-std=c++17", "-Wall", "-Wextra"]
+# -fno-wrapv undoes the -fwrapv of Python's own CFLAGS, which setuptools passes first: defined
+# signed overflow keeps GCC from vectorising some of the kernel's index arithmetic (≈ 4% slower).
+CXXFLAGS = ["-O3", "-fno-wrapv", "-std=c++17", "-Wall", "-Wextra"]
 
 _PROBE = r"""
 import importlib.metadata as md, json, os, sys

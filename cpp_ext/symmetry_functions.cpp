@@ -211,32 +211,33 @@ bool wide_vector_registers() {
 // ---- Hot loops (free functions so that they can be cloned per instruction set). ----
 
 // Radial functions of n edges (r, neighbour species) into G[S × n_radial] and, if A is not null,
-// dG/dr into A[edge, S × n_radial] (zeroed by the caller).
+// dG/dr into A[edge, S × n_radial] (zeroed by the caller). tmp holds 2 n + n_radial doubles: the
+// cutoff functions of all edges first, in a loop that vectorises.
 MLPOT_SIMD_CLONES
 void radial_block(int n, const double* __restrict r, const int* __restrict species, int n_radial,
                   int n_features, const double* __restrict eta, const double* __restrict r_s,
                   bool cosine, double inv_rc, double* __restrict G, double* __restrict A,
                   double* __restrict tmp) {
+    double* __restrict fc = tmp + n_radial;
+    double* __restrict dfc = fc + n;
+    if (cosine) {
+        for (int s = 0; s < n; ++s) cosine_cutoff(r[s] * inv_rc, inv_rc, fc[s], dfc[s]);
+    } else {
+        for (int s = 0; s < n; ++s) polynomial_cutoff(r[s] * inv_rc, inv_rc, fc[s], dfc[s]);
+    }
     for (int s = 0; s < n; ++s) {
-        const double x = r[s] * inv_rc;
-        double fc, dfc;
-        if (cosine) {
-            cosine_cutoff(x, inv_rc, fc, dfc);
-        } else {
-            polynomial_cutoff(x, inv_rc, fc, dfc);
-        }
         const int offset = species[s] * n_radial;
         double* __restrict g = G + offset;
         for (int f = 0; f < n_radial; ++f) {
             const double d = r[s] - r_s[f];
             tmp[f] = exp_nonpositive(-eta[f] * d * d);
         }
-        for (int f = 0; f < n_radial; ++f) g[f] += tmp[f] * fc;
+        for (int f = 0; f < n_radial; ++f) g[f] += tmp[f] * fc[s];
         if (A) {
             double* __restrict dA = A + static_cast<std::size_t>(s) * n_features + offset;
             for (int f = 0; f < n_radial; ++f) {
                 const double d = r[s] - r_s[f];
-                dA[f] = tmp[f] * (dfc - 2.0 * eta[f] * d * fc);
+                dA[f] = tmp[f] * (dfc[s] - 2.0 * eta[f] * d * fc[s]);
             }
         }
     }
@@ -644,22 +645,32 @@ MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restri
 // P = 2^{1−ζ} x^ζ and P′ = ζ λ 2^{1−ζ} x^{ζ−1}, x = max(1 + λ cos θ, 0), of one pattern's lanes
 // for m pairs into out[j × stride] (P) and out[j × stride + 1] (P′): x^{ζ−1} by binary powering
 // with per-lane bits, the Bits bits of the largest integer ζ − 1 (lanes of non-integer ζ get
-// x⁰ here). Padding lanes have scale 0: P = P′ = 0.
-template <bool Derivatives, int Bits>
+// x⁰ here). Padding lanes have scale 0: P = P′ = 0. Wide (AVX-512): the per-lane choices are
+// vector conditionals, one masked multiply each; elsewhere bit operations, because GCC compiles
+// conditionals on vectors wider than the target's (AVX2) lane by lane.
+template <bool Derivatives, bool Wide, int Bits>
 MLPOT_ALWAYS_INLINE void pattern_powers(const lanes& lambda, const lanes& scale,
                                         const lanes& dscale, const lane_mask* bit,
                                         const double* __restrict cos_theta, int m,
                                         std::size_t stride, lanes* __restrict out) {
-    // Selects as bit operations (a vector cast reinterprets the bits): GCC compiles vector
-    // conditionals lane by lane where the vector is wider than the target's (AVX2).
     lane_mask one_unless[Bits > 0 ? Bits : 1];  // 1.0 where the bit is clear, else 0
     for (int k = 0; k < Bits; ++k) one_unless[k] = (lane_mask)(lanes{} + 1.0) & ~bit[k];
     for (int j = 0; j < m; ++j) {
-        const lane_mask value = (lane_mask)(1.0 + lambda * cos_theta[j]);
-        const lanes x = (lanes)(value & ~(value >> 63));  // max(1 + λ cos θ, 0)
+        const lanes value = 1.0 + lambda * cos_theta[j];
+        lanes x;
+        if constexpr (Wide) {
+            x = value > 0.0 ? value : 0.0;
+        } else {
+            const lane_mask v = (lane_mask)value;
+            x = (lanes)(v & ~(v >> 63));  // max(1 + λ cos θ, 0): the sign bit clears the lane
+        }
         lanes xe = lanes{} + 1.0, square = x;
         for (int k = 0; k < Bits; ++k) {
-            xe *= (lanes)(((lane_mask)square & bit[k]) | one_unless[k]);  // square or 1
+            if constexpr (Wide) {
+                xe = bit[k] != 0 ? xe * square : xe;
+            } else {
+                xe *= (lanes)(((lane_mask)square & bit[k]) | one_unless[k]);  // square or 1
+            }
             if (k + 1 < Bits) square = square * square;
         }
         lanes* o = out + j * stride;
@@ -689,8 +700,14 @@ MLPOT_ALWAYS_INLINE void angular_powers(const LanePlan& p, const double* __restr
         lanes* o = out + q * per_pattern;
         switch (p.pattern_bits[q]) {
 #define MLPOT_POWERS(BITS)                                                                   \
-    case BITS:                                                                               \
-        pattern_powers<Derivatives, BITS>(lambda, scale, dscale, bit, cos_theta, m, stride, o); \
+    case BITS:                                                                         \
+        if (p.wide_vectors) {                                                          \
+            pattern_powers<Derivatives, true, BITS>(lambda, scale, dscale, bit, cos_theta, m, \
+                                                    stride, o);                        \
+        } else {                                                                       \
+            pattern_powers<Derivatives, false, BITS>(lambda, scale, dscale, bit, cos_theta, m, \
+                                                     stride, o);                       \
+        }                                                                              \
         break;
             MLPOT_POWERS(0)
             MLPOT_POWERS(1)
@@ -1194,7 +1211,7 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     if (num_radial_ > 0 && n_slots > 0) {
         radial_block(n_slots, r, species, num_radial_, n_rad_features, radial_eta_.data(),
                      radial_r_s_.data(), cosine, 1.0 / p.cutoff, descriptor, radial_A,
-                     sized(w.radial_tmp, num_radial_));
+                     sized(w.radial_tmp, 2 * n_max + num_radial_));
     }
     if (num_angular_ == 0) return;
 
