@@ -235,10 +235,11 @@ def test_lane_chunks_powers_and_batches():
                                rtol=1e-12, atol=1e-12)
 
 
-def test_four_lane_accumulation_agrees(tmp_path):
-    """Without AVX-512 the pair terms are accumulated four lanes at a time instead of eight
-    (MLPOT_NARROW_VECTORS=1 forces that path here, in a fresh process): same G, dG and chain
-    rule up to rounding."""
+def test_narrow_vector_path_agrees(tmp_path):
+    """Without AVX-512 the pairs are packed by a permute table instead of compress, the ζ powers
+    use bit operations instead of masked multiplies, and the pair terms are accumulated four
+    lanes at a time instead of eight (MLPOT_NARROW_VECTORS=1 forces that path here, in a fresh
+    process): same G, dG and chain rule up to rounding."""
     atoms = bulk("Si", "diamond", a=5.43, cubic=True)
     atoms.symbols[::3] = "C"
     atoms.rattle(0.05, seed=3)
