@@ -20,10 +20,15 @@ and float64) from a precomputed neighbour list, like mlpot's kernel. Neighbour l
 timed (mlpot's is printed for scale). Times are CPU seconds of this (single-threaded) process,
 best of --repeats runs: on a quiet machine they equal wall time, on a shared one they are less
 disturbed by other jobs. Small systems are repeated until half a second has been spent (at most
-200 runs), for every code alike.
+200 runs), for every code alike. Above 4096 atoms dscribe runs once; mlpot runs --repeats times
+at every size, its later calls reusing the first one's derivative memory as training does batch
+after batch (the first touch of gigabytes of fresh memory measures the operating system: 0.4
+GB/s in one VM, 87 µs per atom for the first call at 262144 atoms, 17 µs for the third).
 
     python benchmarks/symmetry_functions.py                  # 64 … 32768 atoms
     python benchmarks/symmetry_functions.py --max-atoms 262144 --torchani-max-atoms 8192
+    python benchmarks/symmetry_functions.py --min-atoms 262144 --max-atoms 262144 \
+        --dscribe-max-atoms 262144                           # the largest size alone
 """
 
 import os
@@ -150,6 +155,7 @@ def run_torchani(atoms, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--min-atoms", type=int, default=0)
     parser.add_argument("--max-atoms", type=int, default=32768)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dscribe-max-atoms", type=int, default=32768)
@@ -173,23 +179,22 @@ def main():
     sets = {"Behler 24": behler_24(), "ANI-like 48": ani_like_48()}
     rows = []
     for name, sf in sets.items():
-        for size in [s for s in SIZES if s <= args.max_atoms]:
+        for size in [s for s in SIZES if args.min_atoms <= s <= args.max_atoms]:
             atoms = silicon(size)
             n = len(atoms)
-            repeats = args.repeats if n <= 32768 else 1
             us = lambda seconds: seconds / n * 1e6  # noqa: E731
-            ours = run_mlpot(sf, atoms, repeats)
+            ours = run_mlpot(sf, atoms, args.repeats)
             row = {"set": name, "atoms": n, "edges/atom": ours["edges/atom"],
                    "NL": us(ours["neighbour list"]), "G": us(ours["G"]),
                    "G+dG": us(ours["G+dG"]), "G+chain": us(ours["G then gradient"])}
             if not args.no_dscribe and n <= args.dscribe_max_atoms:
-                ds = run_dscribe(sf, atoms, 1 if n > 4096 else repeats,
+                ds = run_dscribe(sf, atoms, 1 if n > 4096 else args.repeats,
                                  n <= args.dscribe_derivatives_max_atoms)
                 row["dscribe fwd"] = us(ds["forward"])
                 if "forward+derivatives" in ds:
                     row["dscribe fwd+num.deriv"] = us(ds["forward+derivatives"])
             if name.startswith("ANI") and not args.no_torchani and n <= args.torchani_max_atoms:
-                ta = run_torchani(atoms, repeats)
+                ta = run_torchani(atoms, args.repeats)
                 for key, value in ta.items():
                     row[f"ANI {key}"] = us(value)
             rows.append(row)

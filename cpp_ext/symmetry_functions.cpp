@@ -12,19 +12,19 @@
 // the β terms need a vector accumulator. Radial terms lie along a / r_a.
 //
 // Speed. Per centre, the edges inside the angular cutoff are stored as arrays sorted by neighbour
-// species, and the unordered pairs (a, b > a) are listed once, eight candidates at a time (a
-// vector of r_jk², the kept ones packed by a permute, or AVX-512's compress, with the partner's
-// edge vector and 1/r) — only those with r_jk < rc when every function is a G4 (f_c(r_jk) = 0
-// removes the others, about half the pairs in a dense solid). In batches of 256 pairs, everything that depends on the pair
-// only (cos θ, r_jk, f_c(r_jk), exp(−η r_jk²) and the distance factors of each (η, kind) group)
-// is computed in loops over pairs that the compiler vectorises (hence the branch-free exp,
-// sin/cos and 1/√x below). The angular functions themselves are evaluated eight at a time, one
-// per vector lane ("chunks" of a group): per pair and chunk, the powers (1 + λ cos θ)^ζ of all
-// lanes at once, and the terms of G, of row a's A and β (kept in registers over its partners)
-// and of the partner's (added in its accumulator) as 13 vector operations, so each pair is
-// visited once for both of its edges. The derivatives are written with streaming stores.
-// gradient() is compute() with derivatives contracted centre by centre. On x86-64 with GCC the
-// hot functions are compiled for AVX-512, AVX2 + FMA and baseline x86-64 and picked at load time
+// species, and the unordered pairs (a, b > a) are listed once, eight candidates at a time (a vector
+// of r_jk², the kept ones packed by a permute, or AVX-512's compress, with the partner's edge
+// vector and 1/r) — only those with r_jk < rc when every function is a G4 (f_c(r_jk) = 0 removes
+// the others, about half the pairs in a dense solid). In batches of 256 pairs, everything that
+// depends on the pair only (cos θ, r_jk, f_c(r_jk), exp(−η r_jk²) and the distance factors of each
+// (η, kind) group) is computed in loops over pairs that the compiler vectorises (hence the
+// branch-free exp, sin/cos and 1/√x below). The angular functions themselves are evaluated eight at
+// a time, one per vector lane ("chunks" of a group): per pair and chunk, the powers (1 + λ cos θ)^ζ
+// of all lanes at once, and the terms of G, of row a's A and β (kept in registers over its
+// partners) and of the partner's (added in its accumulator) as 13 vector operations, so each pair
+// is visited once for both of its edges. The derivatives are written with streaming stores.
+// gradient() is compute() with derivatives contracted centre by centre. On x86-64 with GCC the hot
+// functions are compiled for AVX-512, AVX2 + FMA and baseline x86-64 and picked at load time
 // (target_clones); the code uses GCC/clang vector extensions.
 #include "symmetry_functions.hpp"
 
@@ -557,7 +557,8 @@ __attribute__((target("arch=x86-64-v4"))) int build_pairs_avx512(const LanePlan&
                 const __m512d r2 =
                     _mm512_fmadd_pd(z, z, _mm512_fmadd_pd(y, y, _mm512_mul_pd(x, x)));
                 const int left = end - b;
-                const __mmask8 valid = left >= LANES ? 0xFF : static_cast<__mmask8>((1u << left) - 1);
+                const __mmask8 valid =
+                    left >= LANES ? 0xFF : static_cast<__mmask8>((1u << left) - 1);
                 const __mmask8 k = _mm512_mask_cmp_pd_mask(valid, r2, limit, _CMP_LT_OQ);
                 _mm512_storeu_pd(arrays.rjk2 + m, _mm512_maskz_compress_pd(k, r2));
                 _mm256_storeu_si256(
@@ -566,7 +567,8 @@ __attribute__((target("arch=x86-64-v4"))) int build_pairs_avx512(const LanePlan&
                 _mm512_storeu_pd(vxb + m, _mm512_maskz_compress_pd(k, vx));
                 _mm512_storeu_pd(vyb + m, _mm512_maskz_compress_pd(k, vy));
                 _mm512_storeu_pd(vzb + m, _mm512_maskz_compress_pd(k, vz));
-                _mm512_storeu_pd(ivb + m, _mm512_maskz_compress_pd(k, _mm512_loadu_pd(e.inv_r + b)));
+                const __m512d inv_r = _mm512_loadu_pd(e.inv_r + b);
+                _mm512_storeu_pd(ivb + m, _mm512_maskz_compress_pd(k, inv_r));
                 m += __builtin_popcount(k);
             }
         }
