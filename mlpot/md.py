@@ -11,12 +11,21 @@ from typing import Optional
 
 import numpy as np
 from ase import units
+from ase.md import velocitydistribution
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 
 from .calculator import MLPotCalculator
 from .neighbours import neighbour_list
+
+
+def thermalise(atoms, temperature_K: float, rng) -> None:
+    """Maxwell–Boltzmann momenta at temperature_K. ASE 3.29 renamed MaxwellBoltzmannDistribution
+    to thermalize_momenta and deprecates the old name; mlpot supports ASE from 3.23 on."""
+    thermalize = getattr(velocitydistribution, "thermalize_momenta",
+                         velocitydistribution.MaxwellBoltzmannDistribution)
+    thermalize(atoms, temperature_K=temperature_K, rng=rng)
 
 
 def is_bulk(atoms) -> bool:
@@ -93,7 +102,7 @@ def run(args):
     print(f"mlpot md: {atoms.get_chemical_formula()} ({len(atoms)} atoms) with {model}")
 
     rng = np.random.default_rng(args.seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature, rng=rng)
+    thermalise(atoms, args.temperature, rng)
     Stationary(atoms)
     phases = [("NVT", Langevin(atoms, args.timestep * units.fs, temperature_K=args.temperature,
                                friction=0.01 / units.fs, fixcm=False, rng=rng), args.nvt_steps),

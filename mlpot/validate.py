@@ -974,14 +974,15 @@ def md_rdf(calc: Calculator, atoms: Atoms, temperature: float, timestep: float =
     """
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary
+
+    from .md import thermalise
 
     atoms = atoms.copy()
     atoms.set_constraint(FixCom())
     atoms.calc = calc
     rng = np.random.default_rng(seed)
-    with _quiet_warnings():
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    thermalise(atoms, temperature, rng)
     Stationary(atoms)
     dynamics = Langevin(atoms, timestep * units.fs, temperature_K=temperature,
                         friction=friction / units.fs, fixcm=False, rng=rng)
@@ -1071,14 +1072,13 @@ def lammps_nve(method: Method, atoms: Atoms, temperature: float, timestep: float
 def ase_md_speed(calc: Calculator, atoms: Atoms, temperature: float, timestep: float = 1.0,
                  steps: int = 20, warmup: int = 3, seed: int = 0) -> float:
     """Wall time per velocity-Verlet step in ASE (ms), after ``warmup`` steps."""
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
+
+    from .md import thermalise
 
     atoms = atoms.copy()
     atoms.calc = calc
-    with _quiet_warnings():
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature,
-                                     rng=np.random.default_rng(seed))
+    thermalise(atoms, temperature, np.random.default_rng(seed))
     dynamics = VelocityVerlet(atoms, timestep * units.fs)
     dynamics.run(warmup)
     start = time.perf_counter()
