@@ -6,10 +6,12 @@
 // h(r_a) h(r_b)), has its gradient in the plane of a and b, with one shared coefficient:
 //   ∂T/∂a = A_a a + β b,   ∂T/∂b = A_b b + β a,
 //   A_a = P X_a − P' Y_a,   β = P' Z − P Q,
-//   X_a = (∂H/∂r_a)/r_a + Q,   Y_a = H c / r_a²,   Z = H / (r_a r_b),   Q = (∂H/∂r_jk)/r_jk
+//   X_a = (∂H/∂r_a)/r_a + Q = dlog_a H + Q,   Y_a = H c / r_a²,   Z = H / (r_a r_b),
+//   Q = (∂H/∂r_jk)/r_jk,   dlog = (dh/dr) / (r h) = (f_c′/f_c − 2ηr) / r
 // (and a ↔ b), from ∂c/∂a = b/(r_a r_b) − c a/r_a² and ∂r_jk/∂a = (a − b)/r_jk. The a coefficients
-// of an edge are summed as scalars over its partners and multiplied by a once at the end; only
-// the β terms need a vector accumulator. Radial terms lie along a / r_a.
+// of an edge are summed as scalars over its partners and multiplied by a once at the end (the
+// dlog_a H part as dlog_a times the row's sum of P H); only the β terms need a vector
+// accumulator. Radial terms lie along a / r_a.
 //
 // Speed. Per centre, the edges inside the angular cutoff are stored as arrays sorted by neighbour
 // species, and the unordered pairs (a, b > a) are listed once, eight candidates at a time (a vector
@@ -21,11 +23,11 @@
 // branch-free exp, sin/cos and 1/√x below). The angular functions themselves are evaluated eight at
 // a time, one per vector lane ("chunks" of a group): per pair and chunk, the powers (1 + λ cos θ)^ζ
 // of all lanes at once, and the terms of G, of row a's A and β (kept in registers over its
-// partners) and of the partner's (added in its accumulator) as 13 vector operations, so each pair
-// is visited once for both of its edges. The derivatives are written with streaming stores.
-// gradient() is compute() with derivatives contracted centre by centre. On x86-64 with GCC the hot
-// functions are compiled for AVX-512, AVX2 + FMA and baseline x86-64 and picked at load time
-// (target_clones); the code uses GCC/clang vector extensions.
+// partners) and of the partner's (added in its accumulator) as 12 vector multiply-adds and one
+// addition, so each pair is visited once for both of its edges. The derivatives are written with
+// streaming stores. gradient() is compute() with derivatives contracted centre by centre. On x86-64
+// with GCC the hot functions are compiled for AVX-512, AVX2 + FMA and baseline x86-64 and picked at
+// load time (target_clones); the code uses GCC/clang vector extensions.
 #include "symmetry_functions.hpp"
 
 #include <algorithm>
@@ -185,18 +187,20 @@ MLPOT_ALWAYS_INLINE void inverse_sqrt_and_sqrt(double x, double& inverse, double
     root = s;
 }
 
-// f_c and df_c/dr at x = r / rc ∈ [0, 1] (both vanish at x = 1).
+// f_c and df_c/dr at x = r / rc ∈ [0, 1] (both vanish at x = 1), written in 1 − x so that f_c
+// keeps its relative accuracy up to the cutoff: the angular pass divides by it (see dlog).
 MLPOT_ALWAYS_INLINE void cosine_cutoff(double x, double inv_rc, double& fc, double& dfc) {
-    double sine, cosine;  // cos(π x) = −sin(t), sin(π x) = cos(t), t = π (x − ½)
-    sin_cos_half_range(PI * (x - 0.5), sine, cosine);
-    fc = 0.5 - 0.5 * sine;
-    dfc = -0.5 * PI * inv_rc * cosine;
+    // ½ (1 + cos π x) = sin² u and −(π / 2rc) sin π x = −(π / rc) sin u cos u, u = π (1 − x) / 2
+    double sine, cosine;
+    sin_cos_half_range(0.5 * PI * (1.0 - x), sine, cosine);
+    fc = sine * sine;
+    dfc = -PI * inv_rc * sine * cosine;
 }
 
 MLPOT_ALWAYS_INLINE void polynomial_cutoff(double x, double inv_rc, double& fc, double& dfc) {
-    const double x2 = x * x, one_minus = 1.0 - x;
-    fc = 1.0 + x2 * x * (-10.0 + x * (15.0 - 6.0 * x));
-    dfc = -30.0 * x2 * one_minus * one_minus * inv_rc;
+    const double one_minus = 1.0 - x, square = one_minus * one_minus;
+    fc = square * one_minus * (1.0 + x * (3.0 + 6.0 * x));  // = 1 − 10x³ + 15x⁴ − 6x⁵
+    dfc = -30.0 * x * x * square * inv_rc;
 }
 
 // Whether the clone that runs is the AVX-512 one (vector registers of LANES doubles), which
@@ -250,11 +254,12 @@ void radial_block(int n, const double* __restrict r, const int* __restrict speci
     }
 }
 
-// h = exp(−η r²) f_c(r) and g = (dh/dr) / r of n edges for each η: h[q · stride + a].
+// h = exp(−η r²) f_c(r) and dlog = (dh/dr) / (r h) = (f_c′/f_c − 2ηr) / r of n edges for each η:
+// h[q · stride + a]. (dlog is finite where f_c = 0; h, and every term it multiplies, is 0 there.)
 MLPOT_SIMD_CLONES
 void edge_factors(int n, std::size_t stride, const double* __restrict r,
                   const double* __restrict inv_r, int n_eta, const double* __restrict eta,
-                  bool cosine, double inv_rc, double* __restrict h, double* __restrict g,
+                  bool cosine, double inv_rc, double* __restrict h, double* __restrict dlog,
                   double* __restrict fc_tmp, double* __restrict dfc_tmp) {
     if (cosine) {
         for (int a = 0; a < n; ++a) cosine_cutoff(r[a] * inv_rc, inv_rc, fc_tmp[a], dfc_tmp[a]);
@@ -263,14 +268,16 @@ void edge_factors(int n, std::size_t stride, const double* __restrict r,
             polynomial_cutoff(r[a] * inv_rc, inv_rc, fc_tmp[a], dfc_tmp[a]);
         }
     }
+    for (int a = 0; a < n; ++a) {  // f_c′ / f_c in place of f_c′
+        dfc_tmp[a] = fc_tmp[a] > 0.0 ? dfc_tmp[a] / fc_tmp[a] : 0.0;
+    }
     for (int q = 0; q < n_eta; ++q) {
         const double e = eta[q];
         double* __restrict hq = h + static_cast<std::size_t>(q) * stride;
-        double* __restrict gq = g + static_cast<std::size_t>(q) * stride;
+        double* __restrict dq = dlog + static_cast<std::size_t>(q) * stride;
         for (int a = 0; a < n; ++a) {
-            const double ex = exp_nonpositive(-e * r[a] * r[a]);
-            hq[a] = ex * fc_tmp[a];
-            gq[a] = ex * (dfc_tmp[a] - 2.0 * e * r[a] * fc_tmp[a]) * inv_r[a];
+            hq[a] = exp_nonpositive(-e * r[a] * r[a]) * fc_tmp[a];
+            dq[a] = (dfc_tmp[a] - 2.0 * e * r[a]) * inv_r[a];
         }
     }
 }
@@ -360,7 +367,7 @@ struct AngularEdges {
     const int* species;                                     // [n]
     const int* run;                                         // [S + 1]
     std::size_t h_stride;
-    const double *h, *g;  // [η index][h_stride]: exp(−η r²) f_c(r) and (d/dr of it) / r
+    const double *h, *dlog;  // [η index][h_stride]: exp(−η r²) f_c(r) and (dh/dr) / (r h)
 };
 
 // Row a's partners of species t at the batch's entries [lo, hi).
@@ -396,12 +403,12 @@ enum PairFactor {
     INV_RA, VX_A, VY_A, VZ_A,
     COS_THETA, RJK2, RJK, INV_RJK, FC_JK, DFC_JK, COS_RA2, COS_RB2, INV_RARB, NUM_GEOMETRY
 };
-enum EdgeFactor { H_A, G_A, H_B, G_B, NUM_EDGE_FACTORS };  // per distinct η, both edges
+enum EdgeFactor { H_A, H_B, DLOG_B, NUM_EDGE_FACTORS };  // per distinct η: h of both, dlog_b
 // The partner's edge vector and 1/r for every pair of the centre, packed with the pair list
 // ([value][partner_stride]).
 enum PartnerValue { P_VX, P_VY, P_VZ, P_INV_R, NUM_PARTNER_VALUES };
 // Per group, with derivatives (without: H only); see the file header.
-enum GroupFactor { H_, X_A, X_B, Y_A, Y_B, Z_, Q_, NUM_GROUP_FACTORS };
+enum GroupFactor { H_, X_B, Y_A, Y_B, Z_, Q_, NUM_GROUP_FACTORS };
 
 typedef std::int32_t index_lanes __attribute__((vector_size(LANES * sizeof(std::int32_t))));
 
@@ -580,7 +587,6 @@ __attribute__((target("arch=x86-64-v4"))) int build_pairs_avx512(const LanePlan&
 
 // Row a's values beside each of its pairs [lo, hi) of the batch, so that the pair loops below
 // read contiguous arrays (and vectorise).
-template <bool Derivatives>
 MLPOT_ALWAYS_INLINE void fill_row(const AngularEdges& e, int n_eta, int a, int lo, int hi,
                                   double* __restrict f) {
     // Eight at a time, past hi: the next row overwrites the excess (rows are filled in order,
@@ -598,7 +604,6 @@ MLPOT_ALWAYS_INLINE void fill_row(const AngularEdges& e, int n_eta, int a, int l
     for (int q = 0; q < n_eta; ++q) {
         const int edge = NUM_GEOMETRY + q * NUM_EDGE_FACTORS;
         fill(edge + H_A, e.h[q * e.h_stride + a]);
-        if constexpr (Derivatives) fill(edge + G_A, e.g[q * e.h_stride + a]);
     }
 }
 
@@ -609,12 +614,12 @@ MLPOT_ALWAYS_INLINE void gather_partner_factors(const AngularEdges& e, int n_eta
                                                 double* __restrict f) {
     for (int q = 0; q < n_eta; ++q) {
         const double* __restrict h = e.h + q * e.h_stride;
-        const double* __restrict g = e.g + q * e.h_stride;
+        const double* __restrict dlog = e.dlog + q * e.h_stride;
         double* __restrict hb = f + (NUM_GEOMETRY + q * NUM_EDGE_FACTORS + H_B) * STRIDE;
-        double* __restrict gb = f + (NUM_GEOMETRY + q * NUM_EDGE_FACTORS + G_B) * STRIDE;
+        double* __restrict db = f + (NUM_GEOMETRY + q * NUM_EDGE_FACTORS + DLOG_B) * STRIDE;
         for (int j = 0; j < m; ++j) {
             hb[j] = h[pb[j]];
-            if constexpr (Derivatives) gb[j] = g[pb[j]];
+            if constexpr (Derivatives) db[j] = dlog[pb[j]];
         }
     }
 }
@@ -670,16 +675,16 @@ MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, const double* _
 }
 
 // Distance factors of one group for m pairs (see the file header): H = h(r_a) h(r_b) h(r_jk)
-// (G5: without h(r_jk)) and, with derivatives, Q = (∂H/∂r_jk) / r_jk, X_a = (∂H/∂r_a) / r_a + Q,
-// X_b, Y_a = H cos θ / r_a², Y_b, Z = H / (r_a r_b). `edge` holds the group's η factors of row a,
-// hb and gb the partners'.
+// (G5: without h(r_jk)) and, with derivatives, Q = (∂H/∂r_jk) / r_jk, X_b = (∂H/∂r_b) / r_b + Q
+// = dlog_b H + Q, Y_a = H cos θ / r_a², Y_b, Z = H / (r_a r_b). Row a's X_a = dlog_a H + Q is
+// not stored: accumulate() applies dlog_a to the row's sum of P H. `edge` holds the group's η
+// factors of row a, hb and db the partners' h and dlog.
 template <bool G4, bool Derivatives>
 MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restrict f,
                                        const double* __restrict edge,
-                                       const double* __restrict hb, const double* __restrict gb,
+                                       const double* __restrict hb, const double* __restrict db,
                                        double* __restrict out) {
     const double* __restrict ha = edge + H_A * STRIDE;
-    const double* __restrict ga = edge + G_A * STRIDE;
     const double* __restrict rjk2 = f + RJK2 * STRIDE;
     const double* __restrict rjk = f + RJK * STRIDE;
     const double* __restrict inv_rjk = f + INV_RJK * STRIDE;
@@ -689,7 +694,6 @@ MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restri
     const double* __restrict c_rb2 = f + COS_RB2 * STRIDE;
     const double* __restrict iab = f + INV_RARB * STRIDE;
     double* __restrict H = out + H_ * STRIDE;
-    double* __restrict Xa = out + X_A * STRIDE;
     double* __restrict Xb = out + X_B * STRIDE;
     double* __restrict Ya = out + Y_A * STRIDE;
     double* __restrict Yb = out + Y_B * STRIDE;
@@ -698,11 +702,10 @@ MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restri
     MLPOT_INDEPENDENT
     for (int j = 0; j < m; ++j) {
         const double hab = ha[j] * hb[j];
-        double Hj = hab, hjk = 1.0, q = 0.0;
+        double Hj = hab, q = 0.0;
         if constexpr (G4) {
             const double ex = exp_nonpositive(-eta * rjk2[j]);
-            hjk = ex * fcjk[j];
-            Hj = hab * hjk;
+            Hj = hab * ex * fcjk[j];
             if constexpr (Derivatives) {
                 q = hab * ex * (dfcjk[j] - 2.0 * eta * rjk[j] * fcjk[j]) * inv_rjk[j];
             }
@@ -710,8 +713,7 @@ MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restri
         H[j] = Hj;
         if constexpr (Derivatives) {
             Q[j] = q;
-            Xa[j] = ga[j] * hb[j] * hjk + q;
-            Xb[j] = ha[j] * gb[j] * hjk + q;
+            Xb[j] = db[j] * Hj + q;
             Ya[j] = Hj * c_ra2[j];
             Yb[j] = Hj * c_rb2[j];
             Z[j] = Hj * iab[j];
@@ -853,8 +855,9 @@ MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, An
             lanes* G = s.G.data() + block * nc + c;
             lanes* cell = acc + (static_cast<std::size_t>(block) * nc + c) * 4;  // of slot 0
             lanes* row = cell + a * slot_stride;
+            const double dlog_a = e.dlog[p.group_eta_index[p.chunk_group[c]] * e.h_stride + a];
             for (int o = 0; o < LANES; o += W) {
-                part sG, sA, sx, sy, sz, Pj, dPj, oA, ox, oy, oz;
+                part sG, sA, sx, sy, sz, Pj, dPj, oA, ox, oy, oz, rowG{};
                 load(sG, G, o);
                 if constexpr (!Derivatives) {
                     for (int j = lo; j < hi; ++j) {
@@ -871,9 +874,10 @@ MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, An
                 for (int j = lo; j < hi; ++j) {
                     load(Pj, P + j * stride, o);
                     load(dPj, P + j * stride + 1, o);
-                    sG += Pj * g[H_ * STRIDE + j];
-                    sA += Pj * g[X_A * STRIDE + j] - dPj * g[Y_A * STRIDE + j];
-                    const part beta = dPj * g[Z_ * STRIDE + j] - Pj * g[Q_ * STRIDE + j];
+                    rowG += Pj * g[H_ * STRIDE + j];
+                    const part PQ = Pj * g[Q_ * STRIDE + j];  // in A_a (X_a = dlog_a H + Q) and β
+                    sA += PQ - dPj * g[Y_A * STRIDE + j];
+                    const part beta = dPj * g[Z_ * STRIDE + j] - PQ;
                     sx += beta * vxb[j];
                     sy += beta * vyb[j];
                     sz += beta * vzb[j];
@@ -887,8 +891,8 @@ MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, An
                     store(other + 2, o, oy + beta * vya);
                     store(other + 3, o, oz + beta * vza);
                 }
-                store(G, o, sG);
-                store(row, o, sA);
+                store(G, o, sG + rowG);
+                store(row, o, sA + dlog_a * rowG);  // Σ P dlog_a H
                 store(row + 1, o, sx);
                 store(row + 2, o, sy);
                 store(row + 3, o, sz);
@@ -916,12 +920,12 @@ MLPOT_ALWAYS_INLINE void angular_batch(const LanePlan& p, const AngularEdges& e,
         const int q = p.group_eta_index[g];
         const double* edge_g = edge + q * NUM_EDGE_FACTORS * STRIDE;
         const double* hb = edge_g + H_B * STRIDE;
-        const double* gb = edge_g + G_B * STRIDE;
+        const double* db = edge_g + DLOG_B * STRIDE;
         double* out = group + g * per_group * STRIDE;
         if (p.group_g4[g]) {
-            group_factors<true, Derivatives>(p.group_eta[g], m, f, edge_g, hb, gb, out);
+            group_factors<true, Derivatives>(p.group_eta[g], m, f, edge_g, hb, db, out);
         } else {
-            group_factors<false, Derivatives>(p.group_eta[g], m, f, edge_g, hb, gb, out);
+            group_factors<false, Derivatives>(p.group_eta[g], m, f, edge_g, hb, db, out);
         }
     }
     angular_powers<Derivatives>(p, f + COS_THETA * STRIDE, m, s.powers.data());
@@ -958,7 +962,7 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
         s.segments.clear();
         for (int a = a0; a < n && row_run[a * (S + 1)] < p0 + m; ++a) {
             const int* run = row_run + a * (S + 1);
-            fill_row<Derivatives>(e, p.n_eta, a, std::max(run[0] - p0, 0),
+            fill_row(e, p.n_eta, a, std::max(run[0] - p0, 0),
                                   std::min(run[S] - p0, m), f);
             for (int t = 0; t < S; ++t) {
                 const int lo = std::max(run[t] - p0, 0), hi = std::min(run[t + 1] - p0, m);
@@ -1105,7 +1109,7 @@ struct SymmetryFunctions::Workspace {
     std::vector<int> next;             // [S] counting-sort cursors
     std::vector<double> ar, ainv, avx, avy, avz;
     std::vector<int> aspecies;
-    std::vector<double> h, g, fc_tmp, dfc_tmp;
+    std::vector<double> h, dlog, fc_tmp, dfc_tmp;
     AngularScratch angular;                  // pairs, pair factors and the angular results
     std::vector<double> descriptor, weight;  // gradient() only
 };
@@ -1330,12 +1334,13 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     const int n_eta = static_cast<int>(distinct_eta_.size());
     const std::size_t h_stride = std::max<std::size_t>(na, 1);
     double* h = sized(w.h, h_stride * n_eta);
-    double* g = sized(w.g, h_stride * n_eta);
+    double* dlog = sized(w.dlog, h_stride * n_eta);
     if (n_ang > 0) {
-        edge_factors(n_ang, h_stride, ar, ainv, n_eta, distinct_eta_.data(), cosine, 1.0 / rca, h, g,
-                     sized(w.fc_tmp, na), sized(w.dfc_tmp, na));
+        edge_factors(n_ang, h_stride, ar, ainv, n_eta, distinct_eta_.data(), cosine, 1.0 / rca, h,
+                     dlog, sized(w.fc_tmp, na), sized(w.dfc_tmp, na));
     }
-    const AngularEdges angular_edges{n_ang, ainv, avx, avy, avz, aspecies, run, h_stride, h, g};
+    const AngularEdges angular_edges{n_ang, ainv, avx, avy, avz, aspecies, run, h_stride, h,
+                                      dlog};
     const LanePlan plan{num_species_,
                         num_pairs_,
                         static_cast<int>(chunk_group_.size()),
