@@ -42,23 +42,21 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>  // _mm_stream_pd, _mm_sfence
 #endif
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#include <immintrin.h>  // build_pairs_avx512
-#define MLPOT_AVX512_PAIRS 1
-#else
-#define MLPOT_AVX512_PAIRS 0
-#endif
-
 // Floating-point selects (x < 1 ? x : 1) only vectorise when comparisons may not trap; mlpot never
 // enables floating-point exceptions, so this changes nothing else.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math")
 #endif
 
+// GCC on x86-64 Linux picks an instruction set at load time: the hot functions are cloned per
+// target, and the pair list has an AVX-512 version of its own (build_pairs_avx512).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define MLPOT_X86_DISPATCH 1
+#include <immintrin.h>
 #define MLPOT_SIMD_CLONES \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
+#define MLPOT_X86_DISPATCH 0
 #define MLPOT_SIMD_CLONES
 #endif
 
@@ -208,7 +206,7 @@ MLPOT_ALWAYS_INLINE void polynomial_cutoff(double x, double inv_rc, double& fc, 
 // eight lanes at a time. MLPOT_NARROW_VECTORS=1 takes the other path (permute table, bit
 // operations, four lanes) anyway, so that tests on AVX-512 machines check it too.
 bool wide_vector_registers() {
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#if MLPOT_X86_DISPATCH
     static const bool wide = [] {
         const char* narrow = std::getenv("MLPOT_NARROW_VECTORS");
         return __builtin_cpu_supports("x86-64-v4") && !(narrow && std::strcmp(narrow, "1") == 0);
@@ -532,7 +530,7 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
     return m;
 }
 
-#if MLPOT_AVX512_PAIRS
+#if MLPOT_X86_DISPATCH
 // build_pairs with AVX-512's comparisons into a mask register and its compress instruction in
 // place of the mask reduction and the permute table (G alone ≈ 5% faster on Zen 4). GCC cannot
 // inline AVX-512 intrinsics into the cloned templates, so this is a function of its own.
@@ -733,7 +731,9 @@ MLPOT_ALWAYS_INLINE void pattern_powers(const lanes& lambda, const lanes& scale,
                                         const double* __restrict cos_theta, int m,
                                         std::size_t stride, lanes* __restrict out) {
     lane_mask one_unless[Bits > 0 ? Bits : 1];  // 1.0 where the bit is clear, else 0
-    for (int k = 0; k < Bits; ++k) one_unless[k] = (lane_mask)(lanes{} + 1.0) & ~bit[k];
+    if constexpr (!Wide) {
+        for (int k = 0; k < Bits; ++k) one_unless[k] = (lane_mask)(lanes{} + 1.0) & ~bit[k];
+    }
     for (int j = 0; j < m; ++j) {
         const lanes value = 1.0 + lambda * cos_theta[j];
         lanes x;
@@ -945,7 +945,7 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
     s.G.zeroed(cells);
     if constexpr (Derivatives) s.acc.zeroed(static_cast<std::size_t>(n) * cells * 4);
     if (n < 2) return;
-#if MLPOT_AVX512_PAIRS
+#if MLPOT_X86_DISPATCH
     const int n_pairs = p.wide_vectors ? build_pairs_avx512(p, e, s) : build_pairs(p, e, s);
 #else
     const int n_pairs = build_pairs(p, e, s);
