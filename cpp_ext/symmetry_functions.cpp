@@ -1,33 +1,34 @@
 // Atom-centred symmetry functions: see symmetry_functions.hpp for definitions and layouts.
 //
 // Derivatives. Per centre i, with edge vectors a = r_ij, b = r_ik, lengths r_a, r_b,
-// c = cos θ = a·b / (r_a r_b) and r_jk = |b − a|, every term T(a, b) = P(c) H(r_a, r_b, r_jk) of
-// G4/G5, P = 2^{1−ζ}(1 + λc)^ζ, H = h(r_a) h(r_b) h(r_jk), h(r) = exp(−η r²) f_c(r) (G5: H =
-// h(r_a) h(r_b)), has its gradient in the plane of a and b, with one shared coefficient:
-//   ∂T/∂a = A_a a + β b,   ∂T/∂b = A_b b + β a,
-//   A_a = P X_a − P' Y_a,   β = P' Z − P Q,
-//   X_a = (∂H/∂r_a)/r_a + Q = dlog_a H + Q,   Y_a = H c / r_a²,   Z = H / (r_a r_b),
-//   Q = (∂H/∂r_jk)/r_jk,   dlog = (dh/dr) / (r h) = (f_c′/f_c − 2ηr) / r
-// (and a ↔ b), from ∂c/∂a = b/(r_a r_b) − c a/r_a² and ∂r_jk/∂a = (a − b)/r_jk. The a coefficients
-// of an edge are summed as scalars over its partners and multiplied by a once at the end (the
-// dlog_a H part as dlog_a times the row's sum of P H); only the β terms need a vector
-// accumulator. Radial terms lie along a / r_a.
+// c = cos θ = a·b / (r_a r_b), d = b − a and r_jk = |d|, every term T(a, b) = P(c) H(r_a, r_b,
+// r_jk) of G4/G5, P = 2^{1−ζ}(1 + λc)^ζ, H = h(r_a) h(r_b) h(r_jk), h(r) = exp(−η r²) f_c(r)
+// (G5: H = h(r_a) h(r_b)), has its gradient in the plane of a and b, with one shared coefficient:
+//   ∂T/∂a = A_a a + β d,   ∂T/∂b = A_b b − β d,
+//   A_a = P′ (Z − Y_a) + P H dlog_a,   β = P′ Z − P Q,
+//   Z = H / (r_a r_b),   Y_a = H c / r_a²,   Q = (∂H/∂r_jk) / r_jk,
+//   dlog = (dh/dr) / (r h) = (f_c′/f_c − 2ηr) / r
+// (and a ↔ b), from ∂c/∂a = b/(r_a r_b) − c a/r_a², b = a + d and ∂r_jk/∂a = −d/r_jk. An edge's
+// A terms are summed as scalars over its partners and multiplied by its vector once at the end;
+// only the β terms need a vector accumulator. Radial terms lie along a / r_a.
 //
 // Speed. Per centre, the edges inside the angular cutoff are stored as arrays sorted by neighbour
-// species, and the unordered pairs (a, b > a) are listed once, eight candidates at a time (a vector
-// of r_jk², the kept ones packed by a permute, or AVX-512's compress, with the partner's edge
-// vector and 1/r) — only those with r_jk < rc when every function is a G4 (f_c(r_jk) = 0 removes
-// the others, about half the pairs in a dense solid). In batches of 256 pairs, everything that
-// depends on the pair only (cos θ, r_jk, f_c(r_jk), exp(−η r_jk²) and the distance factors of each
-// (η, kind) group) is computed in loops over pairs that the compiler vectorises (hence the
-// branch-free exp, sin/cos and 1/√x below). The angular functions themselves are evaluated eight at
-// a time, one per vector lane ("chunks" of a group): per pair and chunk, the powers (1 + λ cos θ)^ζ
-// of all lanes at once, and the terms of G, of row a's A and β (kept in registers over its
-// partners) and of the partner's (added in its accumulator) as 12 vector multiply-adds and one
-// addition, so each pair is visited once for both of its edges. The derivatives are written with
-// streaming stores. gradient() is compute() with derivatives contracted centre by centre. On x86-64
-// with GCC the hot functions are compiled for AVX-512, AVX2 + FMA and baseline x86-64 and picked at
-// load time (target_clones); the code uses GCC/clang vector extensions.
+// species, and the unordered pairs (a, b > a) are listed once (several candidates at a time where
+// the CPU has vectors: the kept ones packed by a permute, or AVX-512's compress, with d, a·b and
+// the partner's 1/r) — only those with r_jk < rc when every function is a G4 (f_c(r_jk) = 0
+// removes the others, about half the pairs in a dense solid). In batches of 256 pairs, everything
+// that depends on the pair only (cos θ, r_jk, f_c(r_jk), exp(−η r_jk²) and the distance factors
+// of each (η, kind) group) is computed in loops over pairs that the compiler vectorises (hence the
+// branch-free exp, sin/cos and 1/√x below, summed so that their dependency chains stay short).
+// The angular functions themselves are evaluated eight at a time, one per vector lane ("chunks"
+// of a group), W lanes per vector register (W = 8 with AVX-512, else 4): the powers
+// (1 + λ cos θ)^ζ of all lanes per pair, G as Σ P H over runs of pairs of one species block, and
+// per pair and chunk the A and β terms of row a (kept in registers over its partners) and of the
+// partner (added in its accumulator) as 12 vector multiply-adds per W lanes, so each pair is
+// visited once for both of its edges. The derivatives are written with streaming stores.
+// gradient() is compute() with derivatives contracted centre by centre. On x86-64 with GCC the hot
+// functions are compiled for AVX-512, AVX2 + FMA and baseline x86-64 and picked at load time
+// (target_clones); the code uses GCC/clang vector extensions.
 #include "symmetry_functions.hpp"
 
 #include <algorithm>
@@ -107,35 +108,27 @@ constexpr double inverse_factorial(int n) {
     return result;
 }
 
-// sin(t) and cos(t) for |t| ≤ π/2 from their Taylor series to t¹⁹ / t²⁰ (error < 3e-16).
+// sin(t) and cos(t) for |t| ≤ π/2 from their Taylor series to t¹⁹ / t²⁰ (error < 3e-16), summed
+// in Estrin's order (pairs of terms, then pairs of pairs): a dependency chain of five
+// multiply-adds instead of ten, so that vectorised loops are not bound by their latency.
 MLPOT_ALWAYS_INLINE void sin_cos_half_range(double t, double& sine, double& cosine) {
-    const double t2 = t * t;
-    double s = -inverse_factorial(19);
-    double c = inverse_factorial(20);
-    s = s * t2 + inverse_factorial(17);
-    c = c * t2 - inverse_factorial(18);
-    s = s * t2 - inverse_factorial(15);
-    c = c * t2 + inverse_factorial(16);
-    s = s * t2 + inverse_factorial(13);
-    c = c * t2 - inverse_factorial(14);
-    s = s * t2 - inverse_factorial(11);
-    c = c * t2 + inverse_factorial(12);
-    s = s * t2 + inverse_factorial(9);
-    c = c * t2 - inverse_factorial(10);
-    s = s * t2 - inverse_factorial(7);
-    c = c * t2 + inverse_factorial(8);
-    s = s * t2 + inverse_factorial(5);
-    c = c * t2 - inverse_factorial(6);
-    s = s * t2 - inverse_factorial(3);
-    c = c * t2 + inverse_factorial(4);
-    s = s * t2 + 1.0;
-    c = c * t2 - inverse_factorial(2);
-    sine = s * t;
-    cosine = c * t2 + 1.0;
+    const double y = t * t, y2 = y * y, y4 = y2 * y2, y8 = y4 * y4;
+    // sin t / t = Σ_k (−1)^k y^k / (2k + 1)!,  cos t = Σ_k (−1)^k y^k / (2k)!
+    const auto s = [](int k) { return (k % 2 ? -1.0 : 1.0) * inverse_factorial(2 * k + 1); };
+    const auto c = [](int k) { return (k % 2 ? -1.0 : 1.0) * inverse_factorial(2 * k); };
+    const double s01 = s(0) + s(1) * y, s23 = s(2) + s(3) * y, s45 = s(4) + s(5) * y,
+                 s67 = s(6) + s(7) * y, s89 = s(8) + s(9) * y;
+    const double c01 = c(0) + c(1) * y, c23 = c(2) + c(3) * y, c45 = c(4) + c(5) * y,
+                 c67 = c(6) + c(7) * y, c89 = c(8) + c(9) * y;
+    const double s03 = s01 + s23 * y2, s47 = s45 + s67 * y2;
+    const double c03 = c01 + c23 * y2, c47 = c45 + c67 * y2, c8a = c89 + c(10) * y2;
+    sine = t * ((s03 + s47 * y4) + s89 * y8);
+    cosine = (c03 + c47 * y4) + c8a * y8;
 }
 
 // exp(x) for x ≤ 0, branch-free (vectorisable), within 2 ulp of std::exp; x < −708 gives
-// ≈ 2e-308 instead of the (even smaller) true value.
+// ≈ 2e-308 instead of the (even smaller) true value. Taylor series of e^r to r¹³ (error < 1e-17)
+// for |r| ≤ ln 2 / 2, in Estrin's order (see sin_cos_half_range).
 MLPOT_ALWAYS_INLINE double exp_nonpositive(double x) {
     x = x > -708.0 ? x : -708.0;
     constexpr double magic = 6755399441055744.0;  // 1.5 · 2^52: adding it rounds to an integer
@@ -143,20 +136,13 @@ MLPOT_ALWAYS_INLINE double exp_nonpositive(double x) {
     const double n = t - magic;
     double r = x - n * 6.93147180369123816490e-01;  // Cody–Waite: ln 2 = hi + lo
     r = r - n * 1.90821492927058770002e-10;         // |r| ≤ ln 2 / 2
-    double p = inverse_factorial(13);                // Taylor to r¹³: error < 1e-17
-    p = p * r + inverse_factorial(12);
-    p = p * r + inverse_factorial(11);
-    p = p * r + inverse_factorial(10);
-    p = p * r + inverse_factorial(9);
-    p = p * r + inverse_factorial(8);
-    p = p * r + inverse_factorial(7);
-    p = p * r + inverse_factorial(6);
-    p = p * r + inverse_factorial(5);
-    p = p * r + inverse_factorial(4);
-    p = p * r + inverse_factorial(3);
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    const auto a = [](int k) { return inverse_factorial(k); };
+    const double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+    const double p01 = 1.0 + r, p23 = a(2) + a(3) * r, p45 = a(4) + a(5) * r,
+                 p67 = a(6) + a(7) * r, p89 = a(8) + a(9) * r, pab = a(10) + a(11) * r,
+                 pcd = a(12) + a(13) * r;
+    const double p03 = p01 + p23 * r2, p47 = p45 + p67 * r2, p8b = p89 + pab * r2;
+    const double p = (p03 + p47 * r4) + (p8b + pcd * r4) * r8;
     std::int64_t bits;
     std::memcpy(&bits, &t, sizeof bits);  // the low mantissa bits of t hold n
     bits = (bits - 0x4338000000000000LL + 1023) << 52;
@@ -201,19 +187,28 @@ MLPOT_ALWAYS_INLINE void polynomial_cutoff(double x, double inv_rc, double& fc, 
     dfc = -30.0 * x * x * square * inv_rc;
 }
 
-// Whether the clone that runs is the AVX-512 one (vector registers of LANES doubles), which
-// lists the pairs with AVX-512 compress, takes the ζ powers by masked multiplies and accumulates
-// eight lanes at a time. MLPOT_NARROW_VECTORS=1 takes the other path (permute table, bit
-// operations, four lanes) anyway, so that tests on AVX-512 machines check it too.
-bool wide_vector_registers() {
+// The hand-written parts of the kernel (the pair list, the width W of the vectors the pair terms
+// are summed in) come in three versions; the best one the CPU runs is taken, or a lower one named
+// by MLPOT_SIMD ("avx2" or "portable"), read once per process, so that the tests check every
+// version on one machine. The results agree up to rounding.
+enum class VectorPath { portable, avx2, avx512 };
+
+VectorPath vector_path() {
 #if MLPOT_X86_DISPATCH
-    static const bool wide = [] {
-        const char* narrow = std::getenv("MLPOT_NARROW_VECTORS");
-        return __builtin_cpu_supports("x86-64-v4") && !(narrow && std::strcmp(narrow, "1") == 0);
+    static const VectorPath path = [] {
+        const VectorPath best = __builtin_cpu_supports("x86-64-v4")   ? VectorPath::avx512
+                                : __builtin_cpu_supports("x86-64-v3") ? VectorPath::avx2
+                                                                      : VectorPath::portable;
+        const char* asked = std::getenv("MLPOT_SIMD");
+        if (asked && std::strcmp(asked, "portable") == 0) return VectorPath::portable;
+        if (asked && std::strcmp(asked, "avx2") == 0 && best == VectorPath::avx512) {
+            return VectorPath::avx2;
+        }
+        return best;
     }();
-    return wide;
+    return path;
 #else
-    return false;
+    return VectorPath::portable;
 #endif
 }
 
@@ -350,10 +345,10 @@ struct LanePlan {
     const int *group_g4, *group_eta_index;                 // [group]
     const double *lambda, *scale, *dscale, *zeta;          // [pattern × LANES]
     const int* exponent;                                   // [pattern × LANES]: ζ − 1, or −1
-    const int *pattern_bits, *pattern_fractional;          // [pattern]
+    const int* pattern_fractional;                         // [pattern]
     bool cosine;
     bool all_g4;  // every function has the f_c(r_jk) factor: pairs with r_jk ≥ rc are dropped
-    bool wide_vectors;  // a vector register holds LANES doubles (AVX-512)
+    VectorPath path;
     double rc, inv_rc;
 };
 
@@ -368,9 +363,9 @@ struct AngularEdges {
     const double *h, *dlog;  // [η index][h_stride]: exp(−η r²) f_c(r) and (dh/dr) / (r h)
 };
 
-// Row a's partners of species t at the batch's entries [lo, hi).
+// Row a's partners of species t at the batch's entries [lo, hi), in the angular block `block`.
 struct Segment {
-    int a, t, lo, hi;
+    int a, block, lo, hi;
 };
 
 // Scratch of the angular pass, and its results for one centre.
@@ -382,6 +377,7 @@ struct AngularScratch {
     std::size_t partner_stride = 0;
     std::vector<double> factors;       // [pair factor][STRIDE] of a batch of pairs
     std::vector<Segment> segments;     // the batch's pairs, row by row
+    std::vector<Segment> blocks;       // the same, consecutive segments of one block joined
     LaneBuffer powers;                // [batch pair][pattern][P, P′]
     LaneBuffer G;                     // [block][chunk]: the descriptors (internal order)
     LaneBuffer acc;                   // [slot][block][chunk][A, Bx, By, Bz]: see the file header
@@ -398,61 +394,15 @@ constexpr int STRIDE = CAP + LANES;
 // geometry, then per distinct η the edge factors of both edges, then per group the distance
 // factors.
 enum PairFactor {
-    INV_RA, VX_A, VY_A, VZ_A,
-    COS_THETA, RJK2, RJK, INV_RJK, FC_JK, DFC_JK, COS_RA2, COS_RB2, INV_RARB, NUM_GEOMETRY
+    INV_RA,
+    COS_THETA, RJK2, RJK, INV_RJK, FC_JK, DFC_JK, W_A, W_B, INV_RARB, NUM_GEOMETRY
 };
-enum EdgeFactor { H_A, H_B, DLOG_B, NUM_EDGE_FACTORS };  // per distinct η: h of both, dlog_b
+enum EdgeFactor { H_A, DLOG_A, H_B, DLOG_B, NUM_EDGE_FACTORS };  // per distinct η, both edges
 // The partner's edge vector and 1/r for every pair of the centre, packed with the pair list
 // ([value][partner_stride]).
-enum PartnerValue { P_VX, P_VY, P_VZ, P_INV_R, NUM_PARTNER_VALUES };
+enum PartnerValue { P_DX, P_DY, P_DZ, P_DOT, P_INV_R, NUM_PARTNER_VALUES };
 // Per group, with derivatives (without: H only); see the file header.
-enum GroupFactor { H_, X_B, Y_A, Y_B, Z_, Q_, NUM_GROUP_FACTORS };
-
-typedef std::int32_t index_lanes __attribute__((vector_size(LANES * sizeof(std::int32_t))));
-
-// For each 8-bit keep-mask, the lanes to keep, first (then lane 0 again).
-struct CompressTable {
-    std::uint8_t index[1 << LANES][LANES];
-    constexpr CompressTable() : index{} {
-        for (int mask = 0; mask < (1 << LANES); ++mask) {
-            int n = 0;
-            for (int l = 0; l < LANES; ++l) {
-                if (mask & (1 << l)) index[mask][n++] = static_cast<std::uint8_t>(l);
-            }
-        }
-    }
-};
-constexpr CompressTable COMPRESS{};
-
-// target[0 … 7] = v[index[0 … 7]] (one permute on AVX-512 and AVX2).
-template <typename Vector, typename Index, typename T>
-MLPOT_ALWAYS_INLINE void store_permuted(T* target, const Vector& v, const Index& index) {
-#if defined(__clang__)
-    for (int l = 0; l < LANES; ++l) target[l] = v[index[l]];
-#else
-    const Vector permuted = __builtin_shuffle(v, index);
-    std::memcpy(target, &permuted, sizeof permuted);
-#endif
-}
-
-// Bit l set where both below[l] < 0 and count[l] < 0 (sign bits, no comparisons: GCC turns
-// vector comparisons into lane-by-lane code here).
-MLPOT_ALWAYS_INLINE int keep_mask(const lanes& below, const lane_mask& count,
-                                  const lane_mask& bit) {
-    lane_mask sign;
-    std::memcpy(&sign, &below, sizeof sign);
-    const lane_mask keep = ((sign & count) >> 63) & bit;
-#if defined(__clang__)
-    int mask = 0;
-    for (int l = 0; l < LANES; ++l) mask |= static_cast<int>(keep[l]);
-    return mask;
-#else
-    lane_mask sum = keep + __builtin_shuffle(keep, lane_mask{4, 5, 6, 7, 0, 1, 2, 3});
-    sum += __builtin_shuffle(sum, lane_mask{2, 3, 0, 1, 6, 7, 4, 5});
-    sum += __builtin_shuffle(sum, lane_mask{1, 0, 3, 2, 5, 4, 7, 6});
-    return static_cast<int>(sum[0]);
-#endif
-}
+enum GroupFactor { H_, Q_, Z_, ZY_A, ZY_B, HD_A, HD_B, NUM_GROUP_FACTORS };
 
 // The arrays of build_pairs, sized for all candidate pairs of the centre.
 struct PairArrays {
@@ -477,52 +427,37 @@ MLPOT_ALWAYS_INLINE PairArrays pair_arrays(const LanePlan& p, const AngularEdges
 // Unordered pairs (a, b > a) of angular slots, row by row, partners in slot order, so that row
 // a's partners of species t are [row_run[a][t], row_run[a][t + 1]). When every function is a G4,
 // pairs with r_jk ≥ rc are left out: f_c(r_jk) = 0 makes their terms vanish, and in a dense
-// solid that is about half of the pairs. Eight candidates at a time: their r_jk² in a vector,
-// the kept ones packed to the front (a permute from a table of the 256 keep-masks) and stored
-// at the end of the list, which then advances by the number kept (the arrays have room for the
-// eight). Returns the number of pairs.
+// solid that is about half of the pairs. Each candidate is stored at the end of the list, which
+// advances only if it is kept (no branch). Returns the number of pairs. The portable version;
+// build_pairs_avx2 and build_pairs_avx512 pack several candidates at a time.
 MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, AngularScratch& s) {
     const int n = e.n, S = p.num_species;
     const PairArrays arrays = pair_arrays(p, e, s);
     int* __restrict pb = arrays.pb;
     double* __restrict rjk2 = arrays.rjk2;
-    double* __restrict partner = arrays.partner;
-    const std::size_t ps = arrays.ps;
-    int* __restrict row_run = arrays.row_run;
-    const lanes limit = lanes{} + (p.all_g4 ? p.rc * p.rc : HUGE_VAL);
-    lane_mask lane{};
-    index_lanes lane32{};
-    for (int l = 0; l < LANES; ++l) lane[l] = lane32[l] = l;
-    const lane_mask bit = (lane_mask{} + 1) << lane;
+    double* __restrict dx = arrays.partner + P_DX * arrays.ps;
+    double* __restrict dy = arrays.partner + P_DY * arrays.ps;
+    double* __restrict dz = arrays.partner + P_DZ * arrays.ps;
+    double* __restrict dot = arrays.partner + P_DOT * arrays.ps;
+    double* __restrict ivb = arrays.partner + P_INV_R * arrays.ps;
+    const double limit = p.all_g4 ? p.rc * p.rc : HUGE_VAL;
     int m = 0;
     for (int a = 0; a < n; ++a) {
         const double vxa = e.vx[a], vya = e.vy[a], vza = e.vz[a];
-        int* run = row_run + a * (S + 1);
+        int* run = arrays.row_run + a * (S + 1);
         for (int t = 0; t < S; ++t) {
             run[t] = m;
-            const int end = e.run[t + 1];
-            for (int b = std::max(a + 1, e.run[t]); b < end; b += LANES) {
-                lanes vx, vy, vz;
-                load_lanes(vx, e.vx + b);  // the slot arrays have LANES zeros after the end
-                load_lanes(vy, e.vy + b);
-                load_lanes(vz, e.vz + b);
-                const lanes x = vx - vxa, y = vy - vya, z = vz - vza;
-                const lanes r2 = x * x + y * y + z * z;
-                const int mask = keep_mask(r2 - limit, lane - (end - b), bit);
-                std::uint8_t packed[LANES];
-                std::memcpy(packed, COMPRESS.index[mask], LANES);
-                lane_mask index;
-                index_lanes index32;
-                for (int l = 0; l < LANES; ++l) index[l] = index32[l] = packed[l];
-                store_permuted(rjk2 + m, r2, index);
-                store_permuted(pb + m, lane32 + b, index32);
-                lanes inv_r;
-                load_lanes(inv_r, e.inv_r + b);
-                store_permuted(partner + P_VX * ps + m, vx, index);
-                store_permuted(partner + P_VY * ps + m, vy, index);
-                store_permuted(partner + P_VZ * ps + m, vz, index);
-                store_permuted(partner + P_INV_R * ps + m, inv_r, index);
-                m += __builtin_popcount(static_cast<unsigned>(mask));
+            for (int b = std::max(a + 1, e.run[t]); b < e.run[t + 1]; ++b) {
+                const double x = e.vx[b] - vxa, y = e.vy[b] - vya, z = e.vz[b] - vza;
+                const double r2 = x * x + y * y + z * z;
+                rjk2[m] = r2;
+                pb[m] = b;
+                dx[m] = x;
+                dy[m] = y;
+                dz[m] = z;
+                dot[m] = e.vx[b] * vxa + e.vy[b] * vya + e.vz[b] * vza;
+                ivb[m] = e.inv_r[b];
+                m += r2 < limit;
             }
         }
         run[S] = m;
@@ -531,6 +466,85 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
 }
 
 #if MLPOT_X86_DISPATCH
+// For each 4-bit keep-mask, the 32-bit lanes that move the kept doubles to the front.
+struct PackTable {
+    std::int32_t index[16][8];
+    constexpr PackTable() : index{} {
+        for (int mask = 0; mask < 16; ++mask) {
+            int n = 0;
+            for (int l = 0; l < 4; ++l) {
+                if (mask & (1 << l)) {
+                    index[mask][2 * n] = 2 * l;
+                    index[mask][2 * n + 1] = 2 * l + 1;
+                    ++n;
+                }
+            }
+        }
+    }
+};
+constexpr PackTable PACK{};
+
+// build_pairs with AVX2, four candidates at a time: their r_jk² in a register, the kept ones
+// moved to the front by one permute from a 16-entry table and stored at the end of the list,
+// which advances by the number kept (the arrays have room for four more).
+__attribute__((target("arch=x86-64-v3"))) int build_pairs_avx2(const LanePlan& p,
+                                                                const AngularEdges& e,
+                                                                AngularScratch& s) {
+    const int n = e.n, S = p.num_species;
+    const PairArrays arrays = pair_arrays(p, e, s);
+    const std::size_t ps = arrays.ps;
+    double* dx = arrays.partner + P_DX * ps;
+    double* dy = arrays.partner + P_DY * ps;
+    double* dz = arrays.partner + P_DZ * ps;
+    double* dot = arrays.partner + P_DOT * ps;
+    double* ivb = arrays.partner + P_INV_R * ps;
+    const __m256d limit = _mm256_set1_pd(p.all_g4 ? p.rc * p.rc : HUGE_VAL);
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    const auto pack = [](double* out, __m256d v, __m256i index) {
+        _mm256_storeu_pd(out, _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(v), index)));
+    };
+    int m = 0;
+    for (int a = 0; a < n; ++a) {
+        const __m256d xa = _mm256_set1_pd(e.vx[a]), ya = _mm256_set1_pd(e.vy[a]),
+                      za = _mm256_set1_pd(e.vz[a]);
+        int* run = arrays.row_run + a * (S + 1);
+        for (int t = 0; t < S; ++t) {
+            run[t] = m;
+            const int end = e.run[t + 1];
+            for (int b = std::max(a + 1, e.run[t]); b < end; b += 4) {
+                const __m256d vx = _mm256_loadu_pd(e.vx + b), vy = _mm256_loadu_pd(e.vy + b),
+                              vz = _mm256_loadu_pd(e.vz + b);
+                const __m256d x = _mm256_sub_pd(vx, xa), y = _mm256_sub_pd(vy, ya),
+                              z = _mm256_sub_pd(vz, za);
+                const __m256d r2 =
+                    _mm256_fmadd_pd(z, z, _mm256_fmadd_pd(y, y, _mm256_mul_pd(x, x)));
+                // kept: r² < limit and b + lane < end (the lanes past the end read zeros)
+                const __m256i valid = _mm256_cmpgt_epi64(_mm256_set1_epi64x(end - b), lane);
+                const int mask = _mm256_movemask_pd(_mm256_and_pd(
+                    _mm256_cmp_pd(r2, limit, _CMP_LT_OQ), _mm256_castsi256_pd(valid)));
+                const __m256i index = _mm256_loadu_si256(
+                    reinterpret_cast<const __m256i*>(PACK.index[mask]));
+                pack(arrays.rjk2 + m, r2, index);
+                pack(dx + m, x, index);
+                pack(dy + m, y, index);
+                pack(dz + m, z, index);
+                pack(dot + m, _mm256_fmadd_pd(vz, za, _mm256_fmadd_pd(vy, ya, _mm256_mul_pd(vx, xa))),
+                     index);
+                pack(ivb + m, _mm256_loadu_pd(e.inv_r + b), index);
+                // partner numbers: the even 32-bit lanes of the index are 2 × the kept lane
+                const __m256i partners = _mm256_add_epi32(_mm256_srli_epi32(index, 1),
+                                                          _mm256_set1_epi32(b));
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(arrays.pb + m),
+                                 _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
+                                     partners, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6))));
+                m += __builtin_popcount(static_cast<unsigned>(mask));
+            }
+        }
+        run[S] = m;
+    }
+    return m;
+}
+
 // build_pairs with AVX-512's comparisons into a mask register and its compress instruction in
 // place of the mask reduction and the permute table (G alone ≈ 5% faster on Zen 4). GCC cannot
 // inline AVX-512 intrinsics into the cloned templates, so this is a function of its own.
@@ -540,9 +554,10 @@ __attribute__((target("arch=x86-64-v4"))) int build_pairs_avx512(const LanePlan&
     const int n = e.n, S = p.num_species;
     const PairArrays arrays = pair_arrays(p, e, s);
     const std::size_t ps = arrays.ps;
-    double* vxb = arrays.partner + P_VX * ps;
-    double* vyb = arrays.partner + P_VY * ps;
-    double* vzb = arrays.partner + P_VZ * ps;
+    double* dx = arrays.partner + P_DX * ps;
+    double* dy = arrays.partner + P_DY * ps;
+    double* dz = arrays.partner + P_DZ * ps;
+    double* dot = arrays.partner + P_DOT * ps;
     double* ivb = arrays.partner + P_INV_R * ps;
     const __m512d limit = _mm512_set1_pd(p.all_g4 ? p.rc * p.rc : HUGE_VAL);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -569,9 +584,12 @@ __attribute__((target("arch=x86-64-v4"))) int build_pairs_avx512(const LanePlan&
                 _mm256_storeu_si256(
                     reinterpret_cast<__m256i*>(arrays.pb + m),
                     _mm256_maskz_compress_epi32(k, _mm256_add_epi32(lane, _mm256_set1_epi32(b))));
-                _mm512_storeu_pd(vxb + m, _mm512_maskz_compress_pd(k, vx));
-                _mm512_storeu_pd(vyb + m, _mm512_maskz_compress_pd(k, vy));
-                _mm512_storeu_pd(vzb + m, _mm512_maskz_compress_pd(k, vz));
+                const __m512d ab =
+                    _mm512_fmadd_pd(vz, za, _mm512_fmadd_pd(vy, ya, _mm512_mul_pd(vx, xa)));
+                _mm512_storeu_pd(dot + m, _mm512_maskz_compress_pd(k, ab));
+                _mm512_storeu_pd(dx + m, _mm512_maskz_compress_pd(k, x));
+                _mm512_storeu_pd(dy + m, _mm512_maskz_compress_pd(k, y));
+                _mm512_storeu_pd(dz + m, _mm512_maskz_compress_pd(k, z));
                 const __m512d inv_r = _mm512_loadu_pd(e.inv_r + b);
                 _mm512_storeu_pd(ivb + m, _mm512_maskz_compress_pd(k, inv_r));
                 m += __builtin_popcount(k);
@@ -595,13 +613,11 @@ MLPOT_ALWAYS_INLINE void fill_row(const AngularEdges& e, int n_eta, int a, int l
             for (int l = 0; l < LANES; ++l) out[j + l] = value;
         }
     };
-    fill(VX_A, e.vx[a]);
-    fill(VY_A, e.vy[a]);
-    fill(VZ_A, e.vz[a]);
     fill(INV_RA, e.inv_r[a]);
     for (int q = 0; q < n_eta; ++q) {
         const int edge = NUM_GEOMETRY + q * NUM_EDGE_FACTORS;
         fill(edge + H_A, e.h[q * e.h_stride + a]);
+        fill(edge + DLOG_A, e.dlog[q * e.h_stride + a]);
     }
 }
 
@@ -628,12 +644,7 @@ MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, const double* _
                                        const double* __restrict pv, std::size_t ps,
                                        double* __restrict f) {
     const double rc2 = p.rc * p.rc;
-    const double* __restrict vxa = f + VX_A * STRIDE;
-    const double* __restrict vya = f + VY_A * STRIDE;
-    const double* __restrict vza = f + VZ_A * STRIDE;
-    const double* __restrict vxb = pv + P_VX * ps;
-    const double* __restrict vyb = pv + P_VY * ps;
-    const double* __restrict vzb = pv + P_VZ * ps;
+    const double* __restrict ab = pv + P_DOT * ps;
     const double* __restrict ia = f + INV_RA * STRIDE;
     const double* __restrict ib = pv + P_INV_R * ps;
     double* __restrict cos_theta = f + COS_THETA * STRIDE;
@@ -642,61 +653,65 @@ MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, const double* _
     double* __restrict inv_rjk = f + INV_RJK * STRIDE;
     double* __restrict fcjk = f + FC_JK * STRIDE;
     double* __restrict dfcjk = f + DFC_JK * STRIDE;
-    double* __restrict c_ra2 = f + COS_RA2 * STRIDE;
-    double* __restrict c_rb2 = f + COS_RB2 * STRIDE;
+    double* __restrict wa = f + W_A * STRIDE;
+    double* __restrict wb = f + W_B * STRIDE;
     double* __restrict iab = f + INV_RARB * STRIDE;
     MLPOT_INDEPENDENT
     for (int j = 0; j < m; ++j) {
         const double inv_ab = ia[j] * ib[j];
-        const double c = (vxa[j] * vxb[j] + vya[j] * vyb[j] + vza[j] * vzb[j]) * inv_ab;
+        const double c = ab[j] * inv_ab;
         cos_theta[j] = c;
-        const double in = rjk2_in[j] < rc2 ? 1.0 : 0.0;
         const double r2 = rjk2_in[j] < rc2 ? rjk2_in[j] : rc2;
-        double inverse, root, fc, dfc;
+        double inverse, root;
         inverse_sqrt_and_sqrt(r2, inverse, root);
-        if (Cosine) {
-            cosine_cutoff(root * p.inv_rc, p.inv_rc, fc, dfc);
-        } else {
-            polynomial_cutoff(root * p.inv_rc, p.inv_rc, fc, dfc);
-        }
         rjk2[j] = r2;
-        fcjk[j] = in * fc;
+        rjk[j] = root;
+        inv_rjk[j] = inverse;
         if constexpr (Derivatives) {
-            rjk[j] = root;
-            inv_rjk[j] = in * inverse;
-            dfcjk[j] = in * dfc;
-            c_ra2[j] = c * ia[j] * ia[j];
-            c_rb2[j] = c * ib[j] * ib[j];
+            wa[j] = inv_ab - c * ia[j] * ia[j];
+            wb[j] = inv_ab - c * ib[j] * ib[j];
             iab[j] = inv_ab;
         }
+    }
+    // (a loop of its own: the square roots and the cutoff function are long dependency chains)
+    MLPOT_INDEPENDENT
+    for (int j = 0; j < m; ++j) {
+        const double in = rjk2_in[j] < rc2 ? 1.0 : 0.0;
+        double fc, dfc;
+        if (Cosine) {
+            cosine_cutoff(rjk[j] * p.inv_rc, p.inv_rc, fc, dfc);
+        } else {
+            polynomial_cutoff(rjk[j] * p.inv_rc, p.inv_rc, fc, dfc);
+        }
+        fcjk[j] = in * fc;
+        if constexpr (Derivatives) dfcjk[j] = in * dfc * inv_rjk[j];  // (df_c/dr) / r
     }
 }
 
 // Distance factors of one group for m pairs (see the file header): H = h(r_a) h(r_b) h(r_jk)
-// (G5: without h(r_jk)) and, with derivatives, Q = (∂H/∂r_jk) / r_jk, X_b = (∂H/∂r_b) / r_b + Q
-// = dlog_b H + Q, Y_a = H cos θ / r_a², Y_b, Z = H / (r_a r_b). Row a's X_a = dlog_a H + Q is
-// not stored: accumulate() applies dlog_a to the row's sum of P H. `edge` holds the group's η
-// factors of row a, hb and db the partners' h and dlog.
+// (G5: without h(r_jk)) and, with derivatives, Q = (∂H/∂r_jk) / r_jk, Z = H / (r_a r_b),
+// Z − Y_a = H (1/(r_a r_b) − cos θ / r_a²), Z − Y_b, H dlog_a and H dlog_b. `edge` holds the
+// group's η factors of both edges (the partners' gathered: hb, db).
 template <bool G4, bool Derivatives>
 MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restrict f,
                                        const double* __restrict edge,
                                        const double* __restrict hb, const double* __restrict db,
                                        double* __restrict out) {
     const double* __restrict ha = edge + H_A * STRIDE;
+    const double* __restrict da = edge + DLOG_A * STRIDE;
     const double* __restrict rjk2 = f + RJK2 * STRIDE;
-    const double* __restrict rjk = f + RJK * STRIDE;
-    const double* __restrict inv_rjk = f + INV_RJK * STRIDE;
     const double* __restrict fcjk = f + FC_JK * STRIDE;
     const double* __restrict dfcjk = f + DFC_JK * STRIDE;
-    const double* __restrict c_ra2 = f + COS_RA2 * STRIDE;
-    const double* __restrict c_rb2 = f + COS_RB2 * STRIDE;
+    const double* __restrict wa = f + W_A * STRIDE;
+    const double* __restrict wb = f + W_B * STRIDE;
     const double* __restrict iab = f + INV_RARB * STRIDE;
     double* __restrict H = out + H_ * STRIDE;
-    double* __restrict Xb = out + X_B * STRIDE;
-    double* __restrict Ya = out + Y_A * STRIDE;
-    double* __restrict Yb = out + Y_B * STRIDE;
-    double* __restrict Z = out + Z_ * STRIDE;
     double* __restrict Q = out + Q_ * STRIDE;
+    double* __restrict Z = out + Z_ * STRIDE;
+    double* __restrict ZYa = out + ZY_A * STRIDE;
+    double* __restrict ZYb = out + ZY_B * STRIDE;
+    double* __restrict HDa = out + HD_A * STRIDE;
+    double* __restrict HDb = out + HD_B * STRIDE;
     MLPOT_INDEPENDENT
     for (int j = 0; j < m; ++j) {
         const double hab = ha[j] * hb[j];
@@ -705,109 +720,103 @@ MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restri
             const double ex = exp_nonpositive(-eta * rjk2[j]);
             Hj = hab * ex * fcjk[j];
             if constexpr (Derivatives) {
-                q = hab * ex * (dfcjk[j] - 2.0 * eta * rjk[j] * fcjk[j]) * inv_rjk[j];
+                q = hab * ex * (dfcjk[j] - 2.0 * eta * fcjk[j]);
             }
         }
         H[j] = Hj;
         if constexpr (Derivatives) {
             Q[j] = q;
-            Xb[j] = db[j] * Hj + q;
-            Ya[j] = Hj * c_ra2[j];
-            Yb[j] = Hj * c_rb2[j];
             Z[j] = Hj * iab[j];
+            ZYa[j] = Hj * wa[j];
+            ZYb[j] = Hj * wb[j];
+            HDa[j] = Hj * da[j];
+            HDb[j] = Hj * db[j];
         }
     }
 }
 
-// P = 2^{1−ζ} x^ζ and P′ = ζ λ 2^{1−ζ} x^{ζ−1}, x = max(1 + λ cos θ, 0), of one pattern's lanes
-// for m pairs into out[j × stride] (P) and out[j × stride + 1] (P′): x^{ζ−1} by binary powering
-// with per-lane bits, the Bits bits of the largest integer ζ − 1 (lanes of non-integer ζ get
-// x⁰ here). Padding lanes have scale 0: P = P′ = 0. Wide (AVX-512): the per-lane choices are
-// vector conditionals, one masked multiply each; elsewhere bit operations, because GCC compiles
-// conditionals on vectors wider than the target's (AVX2) lane by lane.
-template <bool Derivatives, bool Wide, int Bits>
-MLPOT_ALWAYS_INLINE void pattern_powers(const lanes& lambda, const lanes& scale,
-                                        const lanes& dscale, const lane_mask* bit,
-                                        const double* __restrict cos_theta, int m,
-                                        std::size_t stride, lanes* __restrict out) {
-    lane_mask one_unless[Bits > 0 ? Bits : 1];  // 1.0 where the bit is clear, else 0
-    if constexpr (!Wide) {
-        for (int k = 0; k < Bits; ++k) one_unless[k] = (lane_mask)(lanes{} + 1.0) & ~bit[k];
+// P = 2^{1−ζ} x^ζ and P′ = ζ λ 2^{1−ζ} x^{ζ−1}, x = max(1 + λ cos θ, 0), of W of a pattern's
+// lanes (a vector register's worth) for m pairs into out[j × stride] (P) and out[j × stride +
+// LANES] (P′): x^{ζ−1} by binary powering with per-lane bits, the Bits bits of the part's
+// largest integer ζ − 1 (lanes of non-integer ζ get x⁰ here). Padding lanes have scale 0:
+// P = P′ = 0.
+template <bool Derivatives, int W, int Bits>
+MLPOT_ALWAYS_INLINE void part_powers(const double* lambda_in, const double* scale_in,
+                                     const double* dscale_in, const int* exponent,
+                                     const double* __restrict cos_theta, int m,
+                                     std::size_t stride, double* __restrict out) {
+    typedef double part __attribute__((vector_size(W * sizeof(double))));
+    typedef std::int64_t part_mask __attribute__((vector_size(W * sizeof(std::int64_t))));
+    part lambda, scale, dscale;
+    std::memcpy(&lambda, lambda_in, sizeof lambda);
+    std::memcpy(&scale, scale_in, sizeof scale);
+    std::memcpy(&dscale, dscale_in, sizeof dscale);
+    part_mask bit[Bits > 0 ? Bits : 1];
+    for (int k = 0; k < Bits; ++k) {
+        std::int64_t set[W];
+        for (int l = 0; l < W; ++l) set[l] = exponent[l] >= 0 && ((exponent[l] >> k) & 1);
+        std::memcpy(&bit[k], set, sizeof set);
     }
     for (int j = 0; j < m; ++j) {
-        const lanes value = 1.0 + lambda * cos_theta[j];
-        lanes x;
-        if constexpr (Wide) {
-            x = value > 0.0 ? value : 0.0;
-        } else {
-            const lane_mask v = (lane_mask)value;
-            x = (lanes)(v & ~(v >> 63));  // max(1 + λ cos θ, 0): the sign bit clears the lane
-        }
-        lanes xe = lanes{} + 1.0, square = x;
+        const part value = 1.0 + lambda * cos_theta[j];
+        const part x = value > 0.0 ? value : 0.0;
+        part xe = part{} + 1.0, square = x;
         for (int k = 0; k < Bits; ++k) {
-            if constexpr (Wide) {
-                xe = bit[k] != 0 ? xe * square : xe;
-            } else {
-                xe *= (lanes)(((lane_mask)square & bit[k]) | one_unless[k]);  // square or 1
-            }
+            xe = bit[k] != 0 ? xe * square : xe;
             if (k + 1 < Bits) square = square * square;
         }
-        lanes* o = out + j * stride;
-        o[0] = scale * xe * x;
-        if constexpr (Derivatives) o[1] = dscale * xe;
+        const part P = scale * xe * x, dP = dscale * xe;
+        double* o = out + j * stride * LANES;
+        std::memcpy(o, &P, sizeof P);
+        if constexpr (Derivatives) std::memcpy(o + LANES, &dP, sizeof dP);
     }
 }
 
-// P and P′ of every pattern (see pattern_powers); lanes of non-integer ζ use std::pow.
-template <bool Derivatives>
+// P and P′ of every pattern (see part_powers), W lanes at a time; lanes of non-integer ζ use
+// std::pow.
+template <bool Derivatives, int W>
 MLPOT_ALWAYS_INLINE void angular_powers(const LanePlan& p, const double* __restrict cos_theta,
                                         int m, lanes* __restrict out) {
     constexpr int per_pattern = Derivatives ? 2 : 1;
     const std::size_t stride = static_cast<std::size_t>(p.n_patterns) * per_pattern;
     for (int q = 0; q < p.n_patterns; ++q) {
-        lanes lambda, scale, dscale;
-        load_lanes(lambda, p.lambda + q * LANES);
-        load_lanes(scale, p.scale + q * LANES);
-        load_lanes(dscale, p.dscale + q * LANES);
-        const int* exponent = p.exponent + q * LANES;
-        lane_mask bit[MAX_EXPONENT_BITS];
-        for (int k = 0; k < MAX_EXPONENT_BITS; ++k) {
-            for (int l = 0; l < LANES; ++l) {
-                bit[k][l] = exponent[l] >= 0 && ((exponent[l] >> k) & 1) ? -1 : 0;
+        double* o = reinterpret_cast<double*>(out + q * per_pattern);
+        for (int l0 = 0; l0 < LANES; l0 += W) {
+            const int* exponent = p.exponent + q * LANES + l0;
+            int bits = 0;
+            for (int l = 0; l < W; ++l) {
+                while ((exponent[l] >> bits) > 0) ++bits;
             }
-        }
-        lanes* o = out + q * per_pattern;
-        switch (p.pattern_bits[q]) {
-#define MLPOT_POWERS(BITS)                                                                   \
-    case BITS:                                                                         \
-        if (p.wide_vectors) {                                                          \
-            pattern_powers<Derivatives, true, BITS>(lambda, scale, dscale, bit, cos_theta, m, \
-                                                    stride, o);                        \
-        } else {                                                                       \
-            pattern_powers<Derivatives, false, BITS>(lambda, scale, dscale, bit, cos_theta, m, \
-                                                     stride, o);                       \
-        }                                                                              \
+            const double *lambda = p.lambda + q * LANES + l0, *scale = p.scale + q * LANES + l0,
+                         *dscale = p.dscale + q * LANES + l0;
+            switch (bits) {
+#define MLPOT_POWERS(BITS)                                                                    \
+    case BITS:                                                                                \
+        part_powers<Derivatives, W, BITS>(lambda, scale, dscale, exponent, cos_theta, m,      \
+                                          stride, o + l0);                                    \
         break;
-            MLPOT_POWERS(0)
-            MLPOT_POWERS(1)
-            MLPOT_POWERS(2)
-            MLPOT_POWERS(3)
-            MLPOT_POWERS(4)
-            MLPOT_POWERS(5)
-            MLPOT_POWERS(6)
+                MLPOT_POWERS(0)
+                MLPOT_POWERS(1)
+                MLPOT_POWERS(2)
+                MLPOT_POWERS(3)
+                MLPOT_POWERS(4)
+                MLPOT_POWERS(5)
+                MLPOT_POWERS(6)
 #undef MLPOT_POWERS
+            }
+            static_assert(MAX_EXPONENT_BITS == 6, "one case per bit count");
         }
-        static_assert(MAX_EXPONENT_BITS == 6, "one case per bit count");
         if (!p.pattern_fractional[q]) continue;
         for (int l = 0; l < LANES; ++l) {
-            if (exponent[l] >= 0) continue;
-            const double zeta = p.zeta[q * LANES + l];
+            if (p.exponent[q * LANES + l] >= 0) continue;
+            const double zeta = p.zeta[q * LANES + l], lambda = p.lambda[q * LANES + l];
+            const double scale = p.scale[q * LANES + l], dscale = p.dscale[q * LANES + l];
             for (int j = 0; j < m; ++j) {
-                const double value = 1.0 + lambda[l] * cos_theta[j];
+                const double value = 1.0 + lambda * cos_theta[j];
                 const double x = value > 0.0 ? value : 0.0;
                 const double xe = std::pow(x, zeta - 1.0);
-                o[j * stride][l] = scale[l] * xe * x;
-                if constexpr (Derivatives) o[j * stride + 1][l] = dscale[l] * xe;
+                o[j * stride * LANES + l] = scale * xe * x;
+                if constexpr (Derivatives) o[(j * stride + 1) * LANES + l] = dscale * xe;
             }
         }
     }
@@ -818,84 +827,129 @@ inline int species_pair(int s, int t) {
     return s >= t ? s * (s + 1) / 2 + t : t * (t + 1) / 2 + s;
 }
 
-// The batch's pairs, segment by segment: the chunk's lanes of G and, with derivatives, of both
-// edges' A and B (see the file header), row a's side kept in registers over its partners. W of
-// the chunk's lanes at a time: all eight with AVX-512, four elsewhere (GCC spills eight-lane
-// accumulators through general registers when a vector register holds only four).
+// W of a chunk's lanes: a vector register's worth (eight with AVX-512, four elsewhere).
+template <int W>
+struct Part {
+    typedef double type __attribute__((vector_size(W * sizeof(double))));
+};
+template <int W>
+MLPOT_ALWAYS_INLINE void load_part(typename Part<W>::type& x, const double* source) {
+    std::memcpy(&x, source, sizeof x);
+}
+template <int W>
+MLPOT_ALWAYS_INLINE void store_part(double* target, const typename Part<W>::type& x) {
+    std::memcpy(target, &x, sizeof x);
+}
+
+// The batch's descriptor terms, segment by segment: G += Σ_j P H of each chunk, summed over the
+// segment's pairs with two independent sums per part, W of the chunk's lanes at a time (a vector
+// register: eight with AVX-512, four elsewhere). With derivatives (P interleaved with P′), the
+// row's part of A_a, dlog_a Σ_j P H, is added to its accumulator too (see the file header).
 template <bool Derivatives, int W>
-MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, AngularScratch& s,
-                                    int p0) {
-    typedef double part __attribute__((vector_size(W * sizeof(double))));
-    static_assert(LANES % W == 0, "a chunk is a whole number of parts");
+MLPOT_ALWAYS_INLINE void descriptor_sums(const LanePlan& p, AngularScratch& s) {
+    typedef typename Part<W>::type part;
+    constexpr int K = LANES / W;
     constexpr int per_pattern = Derivatives ? 2 : 1;
     constexpr int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
-    const auto load = [](part& x, const lanes* v, int offset) {
-        std::memcpy(&x, reinterpret_cast<const double*>(v) + offset, sizeof x);
-    };
-    const auto store = [](lanes* v, int offset, const part& x) {
-        std::memcpy(reinterpret_cast<double*>(v) + offset, &x, sizeof x);
-    };
-    const int nb = p.n_blocks, nc = p.n_chunks;
-    const std::size_t stride = static_cast<std::size_t>(p.n_patterns) * per_pattern;
-    const std::size_t slot_stride = static_cast<std::size_t>(nb) * nc * 4;  // lanes per slot
-    const double* __restrict f = s.factors.data();
-    const double* __restrict groups = f + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * STRIDE;
-    const int* __restrict pb = s.pair_b.data() + p0;
-    const double* __restrict vxb = s.partner.data() + P_VX * s.partner_stride + p0;
-    const double* __restrict vyb = s.partner.data() + P_VY * s.partner_stride + p0;
-    const double* __restrict vzb = s.partner.data() + P_VZ * s.partner_stride + p0;
-    lanes* __restrict acc = s.acc.data();
-    for (const Segment& segment : s.segments) {
-        const int a = segment.a, lo = segment.lo, hi = segment.hi;
-        const double vxa = e.vx[a], vya = e.vy[a], vza = e.vz[a];
-        const int block = species_pair(e.species[a], segment.t);
+    const int nc = p.n_chunks;
+    const std::size_t stride = static_cast<std::size_t>(p.n_patterns) * per_pattern * LANES;
+    const double* __restrict groups =
+        s.factors.data() + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * STRIDE;
+    for (const Segment& segment : s.blocks) {
+        const int lo = segment.lo, hi = segment.hi, block = segment.block;
         for (int c = 0; c < nc; ++c) {
-            const double* __restrict g = groups + p.chunk_group[c] * per_group * STRIDE;
-            const lanes* __restrict P = s.powers.data() + p.chunk_pattern[c] * per_pattern;
-            lanes* G = s.G.data() + block * nc + c;
-            lanes* cell = acc + (static_cast<std::size_t>(block) * nc + c) * 4;  // of slot 0
-            lanes* row = cell + a * slot_stride;
-            const double dlog_a = e.dlog[p.group_eta_index[p.chunk_group[c]] * e.h_stride + a];
-            for (int o = 0; o < LANES; o += W) {
-                part sG, sA, sx, sy, sz, Pj, dPj, oA, ox, oy, oz, rowG{};
-                load(sG, G, o);
-                if constexpr (!Derivatives) {
-                    for (int j = lo; j < hi; ++j) {
-                        load(Pj, P + j * stride, o);
-                        sG += Pj * g[j];
+            const double* __restrict H = groups + p.chunk_group[c] * per_group * STRIDE + H_ * STRIDE;
+            const double* __restrict P =
+                reinterpret_cast<const double*>(s.powers.data() + p.chunk_pattern[c] * per_pattern);
+            part sum[2][K] = {};
+            int j = lo;
+            for (; j + 1 < hi; j += 2) {
+                for (int k = 0; k < K; ++k) {
+                    part P0, P1;
+                    load_part<W>(P0, P + j * stride + k * W);
+                    load_part<W>(P1, P + (j + 1) * stride + k * W);
+                    sum[0][k] += P0 * H[j];
+                    sum[1][k] += P1 * H[j + 1];
+                }
+            }
+            double* G = reinterpret_cast<double*>(s.G.data() + block * nc + c);
+            for (int k = 0; k < K; ++k) {
+                part Pj, old;
+                if (j < hi) {
+                    load_part<W>(Pj, P + j * stride + k * W);
+                    sum[0][k] += Pj * H[j];
+                }
+                load_part<W>(old, G + k * W);
+                store_part<W>(G + k * W, old + sum[0][k] + sum[1][k]);
+            }
+        }
+    }
+}
+
+// The batch's derivative terms, segment by segment (see the file header): for each pair (a, b)
+// and lane, A_a += P′ (Z − Y_a), A_b += P′ (Z − Y_b) + P H dlog_b and B_a += β d, B_b −= β d with
+// β = P′ Z − P Q and d = r_b − r_a; row a's side summed in registers over its partners (both
+// parts of a chunk per pair, so each factor is read once), the partner's added in memory.
+template <int W>
+MLPOT_ALWAYS_INLINE void derivative_sums(const LanePlan& p, AngularScratch& s, int p0) {
+    typedef typename Part<W>::type part;
+    constexpr int K = LANES / W;
+    const int nc = p.n_chunks;
+    const std::size_t stride = static_cast<std::size_t>(p.n_patterns) * 2 * LANES;
+    const std::size_t slot_stride = static_cast<std::size_t>(p.n_blocks) * nc * 4 * LANES;
+    const double* __restrict groups =
+        s.factors.data() + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * STRIDE;
+    const int* __restrict pb = s.pair_b.data() + p0;
+    const double* __restrict dx = s.partner.data() + P_DX * s.partner_stride + p0;
+    const double* __restrict dy = s.partner.data() + P_DY * s.partner_stride + p0;
+    const double* __restrict dz = s.partner.data() + P_DZ * s.partner_stride + p0;
+    double* __restrict acc = reinterpret_cast<double*>(s.acc.data());
+    for (const Segment& segment : s.segments) {
+        const int a = segment.a, lo = segment.lo, hi = segment.hi, block = segment.block;
+        for (int c = 0; c < nc; ++c) {
+            const double* __restrict g = groups + p.chunk_group[c] * NUM_GROUP_FACTORS * STRIDE;
+            const double* __restrict P =
+                reinterpret_cast<const double*>(s.powers.data() + p.chunk_pattern[c] * 2);
+            double* cell = acc + (static_cast<std::size_t>(block) * nc + c) * 4 * LANES;  // slot 0
+            double* row = cell + a * slot_stride;
+            part sA[K], sx[K], sy[K], sz[K];
+            for (int k = 0; k < K; ++k) {
+                load_part<W>(sA[k], row + k * W);
+                load_part<W>(sx[k], row + LANES + k * W);
+                load_part<W>(sy[k], row + 2 * LANES + k * W);
+                load_part<W>(sz[k], row + 3 * LANES + k * W);
+            }
+            for (int j = lo; j < hi; ++j) {
+                const double* __restrict Pj = P + j * stride;
+                const double* __restrict dPj = Pj + LANES;
+                double* other = cell + pb[j] * slot_stride;
+                part beta[K];
+                for (int k = 0; k < K; ++k) {
+                    part P_, dP, o;
+                    load_part<W>(P_, Pj + k * W);
+                    load_part<W>(dP, dPj + k * W);
+                    sA[k] += dP * g[ZY_A * STRIDE + j] + P_ * g[HD_A * STRIDE + j];
+                    beta[k] = dP * g[Z_ * STRIDE + j] - P_ * g[Q_ * STRIDE + j];
+                    load_part<W>(o, other + k * W);
+                    store_part<W>(other + k * W,
+                               o + dP * g[ZY_B * STRIDE + j] + P_ * g[HD_B * STRIDE + j]);
+                }
+                const double d[3] = {dx[j], dy[j], dz[j]};
+                part* sums[3] = {sx, sy, sz};
+                for (int q = 0; q < 3; ++q) {
+                    for (int k = 0; k < K; ++k) {
+                        part o;
+                        sums[q][k] += beta[k] * d[q];
+                        load_part<W>(o, other + (q + 1) * LANES + k * W);
+                        store_part<W>(other + (q + 1) * LANES + k * W, o - beta[k] * d[q]);
                     }
-                    store(G, o, sG);
-                    continue;
                 }
-                load(sA, row, o);
-                load(sx, row + 1, o);
-                load(sy, row + 2, o);
-                load(sz, row + 3, o);
-                for (int j = lo; j < hi; ++j) {
-                    load(Pj, P + j * stride, o);
-                    load(dPj, P + j * stride + 1, o);
-                    rowG += Pj * g[H_ * STRIDE + j];
-                    const part PQ = Pj * g[Q_ * STRIDE + j];  // in A_a (X_a = dlog_a H + Q) and β
-                    sA += PQ - dPj * g[Y_A * STRIDE + j];
-                    const part beta = dPj * g[Z_ * STRIDE + j] - PQ;
-                    sx += beta * vxb[j];
-                    sy += beta * vyb[j];
-                    sz += beta * vzb[j];
-                    lanes* other = cell + pb[j] * slot_stride;
-                    load(oA, other, o);
-                    load(ox, other + 1, o);
-                    load(oy, other + 2, o);
-                    load(oz, other + 3, o);
-                    store(other, o, oA + Pj * g[X_B * STRIDE + j] - dPj * g[Y_B * STRIDE + j]);
-                    store(other + 1, o, ox + beta * vxa);
-                    store(other + 2, o, oy + beta * vya);
-                    store(other + 3, o, oz + beta * vza);
-                }
-                store(G, o, sG + rowG);
-                store(row, o, sA + dlog_a * rowG);  // Σ P dlog_a H
-                store(row + 1, o, sx);
-                store(row + 2, o, sy);
-                store(row + 3, o, sz);
+            }
+            for (int k = 0; k < K; ++k) {
+                store_part<W>(row + k * W, sA[k]);
+                store_part<W>(row + LANES + k * W, sx[k]);
+                store_part<W>(row + 2 * LANES + k * W, sy[k]);
+                store_part<W>(row + 3 * LANES + k * W, sz[k]);
             }
         }
     }
@@ -903,8 +957,7 @@ MLPOT_ALWAYS_INLINE void accumulate(const LanePlan& p, const AngularEdges& e, An
 
 // The pair factors and terms of a batch of m packed pairs.
 template <bool Derivatives>
-MLPOT_ALWAYS_INLINE void angular_batch(const LanePlan& p, const AngularEdges& e,
-                                       AngularScratch& s, int p0, int m) {
+MLPOT_ALWAYS_INLINE void angular_batch(const LanePlan& p, AngularScratch& s, int p0, int m) {
     constexpr int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
     double* f = s.factors.data();
     const std::size_t ps = s.partner_stride;
@@ -928,11 +981,14 @@ MLPOT_ALWAYS_INLINE void angular_batch(const LanePlan& p, const AngularEdges& e,
             group_factors<false, Derivatives>(p.group_eta[g], m, f, edge_g, hb, db, out);
         }
     }
-    angular_powers<Derivatives>(p, f + COS_THETA * STRIDE, m, s.powers.data());
-    if (p.wide_vectors) {
-        accumulate<Derivatives, LANES>(p, e, s, p0);
+    if (p.path == VectorPath::avx512) {  // vector registers of LANES doubles
+        angular_powers<Derivatives, LANES>(p, f + COS_THETA * STRIDE, m, s.powers.data());
+        descriptor_sums<Derivatives, LANES>(p, s);
+        if constexpr (Derivatives) derivative_sums<LANES>(p, s, p0);
     } else {
-        accumulate<Derivatives, LANES / 2>(p, e, s, p0);
+        angular_powers<Derivatives, LANES / 2>(p, f + COS_THETA * STRIDE, m, s.powers.data());
+        descriptor_sums<Derivatives, LANES / 2>(p, s);
+        if constexpr (Derivatives) derivative_sums<LANES / 2>(p, s, p0);
     }
 }
 
@@ -946,7 +1002,9 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
     if constexpr (Derivatives) s.acc.zeroed(static_cast<std::size_t>(n) * cells * 4);
     if (n < 2) return;
 #if MLPOT_X86_DISPATCH
-    const int n_pairs = p.wide_vectors ? build_pairs_avx512(p, e, s) : build_pairs(p, e, s);
+    const int n_pairs = p.path == VectorPath::avx512 ? build_pairs_avx512(p, e, s)
+                        : p.path == VectorPath::avx2 ? build_pairs_avx2(p, e, s)
+                                                     : build_pairs(p, e, s);
 #else
     const int n_pairs = build_pairs(p, e, s);
 #endif
@@ -960,17 +1018,25 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
         const int m = std::min(CAP, n_pairs - p0);
         while (row_run[a0 * (S + 1) + S] <= p0) ++a0;  // the first row with pairs here
         s.segments.clear();
+        s.blocks.clear();
         for (int a = a0; a < n && row_run[a * (S + 1)] < p0 + m; ++a) {
             const int* run = row_run + a * (S + 1);
             fill_row(e, p.n_eta, a, std::max(run[0] - p0, 0),
                                   std::min(run[S] - p0, m), f);
             for (int t = 0; t < S; ++t) {
                 const int lo = std::max(run[t] - p0, 0), hi = std::min(run[t + 1] - p0, m);
-                if (lo < hi) s.segments.push_back({a, t, lo, hi});
+                if (lo >= hi) continue;
+                const int block = species_pair(e.species[a], t);
+                s.segments.push_back({a, block, lo, hi});
+                if (!s.blocks.empty() && s.blocks.back().block == block && s.blocks.back().hi == lo) {
+                    s.blocks.back().hi = hi;
+                } else {
+                    s.blocks.push_back({a, block, lo, hi});
+                }
             }
         }
         gather_partner_factors<Derivatives>(e, p.n_eta, s.pair_b.data() + p0, m, f);
-        angular_batch<Derivatives>(p, e, s, p0, m);
+        angular_batch<Derivatives>(p, s, p0, m);
     }
 }
 
@@ -1201,7 +1267,7 @@ SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
                 scale[l] = used ? std::pow(2.0, 1.0 - zeta[l]) : 0.0;
                 dscale[l] = scale[l] * zeta[l] * lambda[l];
             }
-            const int n_patterns = static_cast<int>(pattern_bits_.size());
+            const int n_patterns = static_cast<int>(pattern_fractional_.size());
             int pattern = n_patterns;
             for (int q = 0; q < n_patterns && pattern == n_patterns; ++q) {
                 bool same = true;
@@ -1213,7 +1279,7 @@ SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
                 if (same) pattern = q;
             }
             if (pattern == n_patterns) {
-                int bits = 0, fractional = 0;
+                int fractional = 0;
                 for (int l = 0; l < LANES; ++l) {
                     pattern_lambda_.push_back(lambda[l]);
                     pattern_zeta_.push_back(zeta[l]);
@@ -1221,9 +1287,7 @@ SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
                     pattern_dscale_.push_back(dscale[l]);
                     pattern_exponent_.push_back(exponent[l]);
                     fractional |= exponent[l] < 0;
-                    for (int e = exponent[l], k = 0; e > 0; e >>= 1, ++k) bits = std::max(bits, k + 1);
                 }
-                pattern_bits_.push_back(bits);
                 pattern_fractional_.push_back(fractional);
             }
             chunk_group_.push_back(g);
@@ -1345,7 +1409,7 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
                         num_pairs_,
                         static_cast<int>(chunk_group_.size()),
                         static_cast<int>(group_eta_.size()),
-                        static_cast<int>(pattern_bits_.size()),
+                        static_cast<int>(pattern_fractional_.size()),
                         n_eta,
                         chunk_group_.data(),
                         chunk_pattern_.data(),
@@ -1357,11 +1421,10 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
                         pattern_dscale_.data(),
                         pattern_zeta_.data(),
                         pattern_exponent_.data(),
-                        pattern_bits_.data(),
                         pattern_fractional_.data(),
                         cosine,
                         all_g4_,
-                        wide_vector_registers(),
+                        vector_path(),
                         rca,
                         1.0 / rca};
     if (derivatives) {

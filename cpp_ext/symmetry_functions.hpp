@@ -133,7 +133,6 @@ private:
     // non-integer ζ) [pattern × 8 + lane]; chunks with equal patterns share (1 + λ cos θ)^ζ.
     std::vector<double> pattern_lambda_, pattern_zeta_, pattern_scale_, pattern_dscale_;
     std::vector<int> pattern_exponent_;
-    std::vector<int> pattern_bits_;        // bits of the pattern's largest integer ζ − 1
     std::vector<int> pattern_fractional_;  // 1: some lane has a non-integer ζ (std::pow)
     bool all_g4_ = false;                  // every angular function has the f_c(r_jk) factor
 };
