@@ -247,33 +247,20 @@ void radial_block(int n, const double* __restrict r, const int* __restrict speci
     }
 }
 
-// h = exp(−η r²) f_c(r) and dlog = (dh/dr) / (r h) = (f_c′/f_c − 2ηr) / r of n edges for each η:
-// h[q · stride + a]. (dlog is finite where f_c = 0; h, and every term it multiplies, is 0 there.)
+// f_c(r) and dlog_c = f_c′ / (f_c r) of n edges (finite where f_c = 0: every term it multiplies
+// has the factor f_c). With exp(−η r²), dlog = (dh/dr) / (r h) of h = exp(−η r²) f_c is
+// dlog_c − 2η: every η-dependent factor is left to the pair loops.
 MLPOT_SIMD_CLONES
-void edge_factors(int n, std::size_t stride, const double* __restrict r,
-                  const double* __restrict inv_r, int n_eta, const double* __restrict eta,
-                  bool cosine, double inv_rc, double* __restrict h, double* __restrict dlog,
-                  double* __restrict fc_tmp, double* __restrict dfc_tmp) {
+void edge_cutoffs(int n, const double* __restrict r, const double* __restrict inv_r, bool cosine,
+                  double inv_rc, double* __restrict fc, double* __restrict dlog_c) {
     if (cosine) {
-        for (int a = 0; a < n; ++a) cosine_cutoff(r[a] * inv_rc, inv_rc, fc_tmp[a], dfc_tmp[a]);
+        for (int a = 0; a < n; ++a) cosine_cutoff(r[a] * inv_rc, inv_rc, fc[a], dlog_c[a]);
     } else {
-        for (int a = 0; a < n; ++a) {
-            polynomial_cutoff(r[a] * inv_rc, inv_rc, fc_tmp[a], dfc_tmp[a]);
-        }
+        for (int a = 0; a < n; ++a) polynomial_cutoff(r[a] * inv_rc, inv_rc, fc[a], dlog_c[a]);
     }
-    for (int a = 0; a < n; ++a) {  // f_c′ / f_c in place of f_c′
-        dfc_tmp[a] = fc_tmp[a] > 0.0 ? dfc_tmp[a] / fc_tmp[a] : 0.0;
-    }
-    for (int q = 0; q < n_eta; ++q) {
-        const double e = eta[q];
-        double* __restrict hq = h + static_cast<std::size_t>(q) * stride;
-        double* __restrict dq = dlog + static_cast<std::size_t>(q) * stride;
-        for (int a = 0; a < n; ++a) {
-            hq[a] = exp_nonpositive(-e * r[a] * r[a]) * fc_tmp[a];
-            dq[a] = (dfc_tmp[a] - 2.0 * e * r[a]) * inv_r[a];
-        }
-    }
+    for (int a = 0; a < n; ++a) dlog_c[a] = fc[a] > 0.0 ? dlog_c[a] / fc[a] * inv_r[a] : 0.0;
 }
+
 template <typename T>
 T* sized(std::vector<T>& buffer, std::size_t size) {
     if (buffer.size() < size) buffer.resize(size);
@@ -339,10 +326,10 @@ MLPOT_ALWAYS_INLINE void load_lanes(lanes& target, const double* source) {
 
 // The angular part of the set as raw arrays (SymmetryFunctions' members, see the header).
 struct LanePlan {
-    int num_species, n_blocks, n_chunks, n_groups, n_patterns, n_eta;
+    int num_species, n_blocks, n_chunks, n_groups, n_patterns;
     const int *chunk_group, *chunk_pattern;                // [chunk]
     const double* group_eta;                               // [group]
-    const int *group_g4, *group_eta_index;                 // [group]
+    const int* group_g4;                                   // [group]
     const double *lambda, *scale, *dscale, *zeta;          // [pattern × LANES]
     const int* exponent;                                   // [pattern × LANES]: ζ − 1, or −1
     const int* pattern_fractional;                         // [pattern]
@@ -357,10 +344,9 @@ struct LanePlan {
 struct AngularEdges {
     int n;
     const double *inv_r, *vx, *vy, *vz;  // [n]: 1/r and the edge vector
-    const int* species;                                     // [n]
-    const int* run;                                         // [S + 1]
-    std::size_t h_stride;
-    const double *h, *dlog;  // [η index][h_stride]: exp(−η r²) f_c(r) and (dh/dr) / (r h)
+    const double *r2, *fc, *dlog_c;      // [n]: r², f_c(r) and f_c′ / (f_c r)
+    const int* species;                  // [n]
+    const int* run;                      // [S + 1]
 };
 
 // Row a's partners of species t at the batch's entries [lo, hi), in the angular block `block`.
@@ -391,13 +377,13 @@ constexpr int CAP = 256;
 constexpr int STRIDE = CAP + LANES;
 
 // Per-pair arrays of a batch ([factor][STRIDE]): row a's values beside each of its pairs, the
-// geometry, then per distinct η the edge factors of both edges, then per group the distance
-// factors.
+// partner's, the geometry, then per group the distance factors.
 enum PairFactor {
-    INV_RA,
-    COS_THETA, RJK2, RJK, INV_RJK, FC_JK, DFC_JK, W_A, W_B, INV_RARB, NUM_GEOMETRY
+    INV_RA, R2_A, FC_A, DLOG_C_A,
+    R2_B, FC_B, DLOG_C_B,
+    COS_THETA, RJK2, RJK, INV_RJK, FC_JK, DFC_JK, W_A, W_B, INV_RARB, R2_AB, FC_AB,
+    NUM_PAIR_FACTORS
 };
-enum EdgeFactor { H_A, DLOG_A, H_B, DLOG_B, NUM_EDGE_FACTORS };  // per distinct η, both edges
 // The partner's edge vector and 1/r for every pair of the centre, packed with the pair list
 // ([value][partner_stride]).
 enum PartnerValue { P_DX, P_DY, P_DZ, P_DOT, P_INV_R, NUM_PARTNER_VALUES };
@@ -603,7 +589,8 @@ __attribute__((target("arch=x86-64-v4"))) int build_pairs_avx512(const LanePlan&
 
 // Row a's values beside each of its pairs [lo, hi) of the batch, so that the pair loops below
 // read contiguous arrays (and vectorise).
-MLPOT_ALWAYS_INLINE void fill_row(const AngularEdges& e, int n_eta, int a, int lo, int hi,
+template <bool Derivatives>
+MLPOT_ALWAYS_INLINE void fill_row(const AngularEdges& e, int a, int lo, int hi,
                                   double* __restrict f) {
     // Eight at a time, past hi: the next row overwrites the excess (rows are filled in order,
     // and the arrays have LANES of room after CAP).
@@ -614,27 +601,22 @@ MLPOT_ALWAYS_INLINE void fill_row(const AngularEdges& e, int n_eta, int a, int l
         }
     };
     fill(INV_RA, e.inv_r[a]);
-    for (int q = 0; q < n_eta; ++q) {
-        const int edge = NUM_GEOMETRY + q * NUM_EDGE_FACTORS;
-        fill(edge + H_A, e.h[q * e.h_stride + a]);
-        fill(edge + DLOG_A, e.dlog[q * e.h_stride + a]);
-    }
+    fill(R2_A, e.r2[a]);
+    fill(FC_A, e.fc[a]);
+    if constexpr (Derivatives) fill(DLOG_C_A, e.dlog_c[a]);
 }
 
-// The partners' η factors beside each of the batch's m pairs (its partners pb).
+// The partners' values beside each of the batch's m pairs (its partners pb).
 template <bool Derivatives>
-MLPOT_ALWAYS_INLINE void gather_partner_factors(const AngularEdges& e, int n_eta,
-                                                const int* __restrict pb, int m,
-                                                double* __restrict f) {
-    for (int q = 0; q < n_eta; ++q) {
-        const double* __restrict h = e.h + q * e.h_stride;
-        const double* __restrict dlog = e.dlog + q * e.h_stride;
-        double* __restrict hb = f + (NUM_GEOMETRY + q * NUM_EDGE_FACTORS + H_B) * STRIDE;
-        double* __restrict db = f + (NUM_GEOMETRY + q * NUM_EDGE_FACTORS + DLOG_B) * STRIDE;
-        for (int j = 0; j < m; ++j) {
-            hb[j] = h[pb[j]];
-            if constexpr (Derivatives) db[j] = dlog[pb[j]];
-        }
+MLPOT_ALWAYS_INLINE void gather_partner_factors(const AngularEdges& e, const int* __restrict pb,
+                                                int m, double* __restrict f) {
+    double* __restrict r2 = f + R2_B * STRIDE;
+    double* __restrict fc = f + FC_B * STRIDE;
+    double* __restrict dlog_c = f + DLOG_C_B * STRIDE;
+    for (int j = 0; j < m; ++j) {
+        r2[j] = e.r2[pb[j]];
+        fc[j] = e.fc[pb[j]];
+        if constexpr (Derivatives) dlog_c[j] = e.dlog_c[pb[j]];
     }
 }
 
@@ -656,11 +638,19 @@ MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, const double* _
     double* __restrict wa = f + W_A * STRIDE;
     double* __restrict wb = f + W_B * STRIDE;
     double* __restrict iab = f + INV_RARB * STRIDE;
+    const double* __restrict r2a = f + R2_A * STRIDE;
+    const double* __restrict r2b = f + R2_B * STRIDE;
+    const double* __restrict fca = f + FC_A * STRIDE;
+    const double* __restrict fcb = f + FC_B * STRIDE;
+    double* __restrict r2ab = f + R2_AB * STRIDE;
+    double* __restrict fcab = f + FC_AB * STRIDE;
     MLPOT_INDEPENDENT
     for (int j = 0; j < m; ++j) {
         const double inv_ab = ia[j] * ib[j];
         const double c = ab[j] * inv_ab;
         cos_theta[j] = c;
+        r2ab[j] = r2a[j] + r2b[j];
+        fcab[j] = fca[j] * fcb[j];
         const double r2 = rjk2_in[j] < rc2 ? rjk2_in[j] : rc2;
         double inverse, root;
         inverse_sqrt_and_sqrt(r2, inverse, root);
@@ -688,23 +678,23 @@ MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, const double* _
     }
 }
 
-// Distance factors of one group for m pairs (see the file header): H = h(r_a) h(r_b) h(r_jk)
-// (G5: without h(r_jk)) and, with derivatives, Q = (∂H/∂r_jk) / r_jk, Z = H / (r_a r_b),
-// Z − Y_a = H (1/(r_a r_b) − cos θ / r_a²), Z − Y_b, H dlog_a and H dlog_b. `edge` holds the
-// group's η factors of both edges (the partners' gathered: hb, db).
+// Distance factors of one group for m pairs (see the file header): H = exp(−η (r_a² + r_b² +
+// r_jk²)) f_c(r_a) f_c(r_b) f_c(r_jk) (G5: without r_jk² and f_c(r_jk)) and, with derivatives,
+// Q = (∂H/∂r_jk) / r_jk, Z = H / (r_a r_b), Z − Y_a = H (1/(r_a r_b) − cos θ / r_a²), Z − Y_b,
+// and H dlog of both edges, dlog = dlog_c − 2η.
 template <bool G4, bool Derivatives>
 MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restrict f,
-                                       const double* __restrict edge,
-                                       const double* __restrict hb, const double* __restrict db,
                                        double* __restrict out) {
-    const double* __restrict ha = edge + H_A * STRIDE;
-    const double* __restrict da = edge + DLOG_A * STRIDE;
+    const double* __restrict r2ab = f + R2_AB * STRIDE;
+    const double* __restrict fcab = f + FC_AB * STRIDE;
     const double* __restrict rjk2 = f + RJK2 * STRIDE;
     const double* __restrict fcjk = f + FC_JK * STRIDE;
     const double* __restrict dfcjk = f + DFC_JK * STRIDE;
     const double* __restrict wa = f + W_A * STRIDE;
     const double* __restrict wb = f + W_B * STRIDE;
     const double* __restrict iab = f + INV_RARB * STRIDE;
+    const double* __restrict dca = f + DLOG_C_A * STRIDE;
+    const double* __restrict dcb = f + DLOG_C_B * STRIDE;
     double* __restrict H = out + H_ * STRIDE;
     double* __restrict Q = out + Q_ * STRIDE;
     double* __restrict Z = out + Z_ * STRIDE;
@@ -714,14 +704,13 @@ MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restri
     double* __restrict HDb = out + HD_B * STRIDE;
     MLPOT_INDEPENDENT
     for (int j = 0; j < m; ++j) {
-        const double hab = ha[j] * hb[j];
-        double Hj = hab, q = 0.0;
+        double Hj, q = 0.0;
         if constexpr (G4) {
-            const double ex = exp_nonpositive(-eta * rjk2[j]);
-            Hj = hab * ex * fcjk[j];
-            if constexpr (Derivatives) {
-                q = hab * ex * (dfcjk[j] - 2.0 * eta * fcjk[j]);
-            }
+            const double base = exp_nonpositive(-eta * (r2ab[j] + rjk2[j])) * fcab[j];
+            Hj = base * fcjk[j];
+            if constexpr (Derivatives) q = base * (dfcjk[j] - 2.0 * eta * fcjk[j]);
+        } else {
+            Hj = exp_nonpositive(-eta * r2ab[j]) * fcab[j];
         }
         H[j] = Hj;
         if constexpr (Derivatives) {
@@ -729,8 +718,8 @@ MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restri
             Z[j] = Hj * iab[j];
             ZYa[j] = Hj * wa[j];
             ZYb[j] = Hj * wb[j];
-            HDa[j] = Hj * da[j];
-            HDb[j] = Hj * db[j];
+            HDa[j] = Hj * (dca[j] - 2.0 * eta);
+            HDb[j] = Hj * (dcb[j] - 2.0 * eta);
         }
     }
 }
@@ -854,7 +843,7 @@ MLPOT_ALWAYS_INLINE void descriptor_sums(const LanePlan& p, AngularScratch& s) {
     const int nc = p.n_chunks;
     const std::size_t stride = static_cast<std::size_t>(p.n_patterns) * per_pattern * LANES;
     const double* __restrict groups =
-        s.factors.data() + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * STRIDE;
+        s.factors.data() + NUM_PAIR_FACTORS * STRIDE;
     for (const Segment& segment : s.blocks) {
         const int lo = segment.lo, hi = segment.hi, block = segment.block;
         for (int c = 0; c < nc; ++c) {
@@ -898,7 +887,7 @@ MLPOT_ALWAYS_INLINE void derivative_sums(const LanePlan& p, AngularScratch& s, i
     const std::size_t stride = static_cast<std::size_t>(p.n_patterns) * 2 * LANES;
     const std::size_t slot_stride = static_cast<std::size_t>(p.n_blocks) * nc * 4 * LANES;
     const double* __restrict groups =
-        s.factors.data() + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * STRIDE;
+        s.factors.data() + NUM_PAIR_FACTORS * STRIDE;
     const int* __restrict pb = s.pair_b.data() + p0;
     const double* __restrict dx = s.partner.data() + P_DX * s.partner_stride + p0;
     const double* __restrict dy = s.partner.data() + P_DY * s.partner_stride + p0;
@@ -967,18 +956,13 @@ MLPOT_ALWAYS_INLINE void angular_batch(const LanePlan& p, AngularScratch& s, int
     } else {
         pair_geometry<false, Derivatives>(p, m, s.rjk2.data() + p0, pv, ps, f);
     }
-    const double* edge = f + NUM_GEOMETRY * STRIDE;
-    double* group = f + (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS) * STRIDE;
+    double* group = f + NUM_PAIR_FACTORS * STRIDE;
     for (int g = 0; g < p.n_groups; ++g) {
-        const int q = p.group_eta_index[g];
-        const double* edge_g = edge + q * NUM_EDGE_FACTORS * STRIDE;
-        const double* hb = edge_g + H_B * STRIDE;
-        const double* db = edge_g + DLOG_B * STRIDE;
         double* out = group + g * per_group * STRIDE;
         if (p.group_g4[g]) {
-            group_factors<true, Derivatives>(p.group_eta[g], m, f, edge_g, hb, db, out);
+            group_factors<true, Derivatives>(p.group_eta[g], m, f, out);
         } else {
-            group_factors<false, Derivatives>(p.group_eta[g], m, f, edge_g, hb, db, out);
+            group_factors<false, Derivatives>(p.group_eta[g], m, f, out);
         }
     }
     if (p.path == VectorPath::avx512) {  // vector registers of LANES doubles
@@ -1009,8 +993,7 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
     const int n_pairs = build_pairs(p, e, s);
 #endif
     const int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
-    double* f = sized(s.factors, STRIDE * (NUM_GEOMETRY + p.n_eta * NUM_EDGE_FACTORS +
-                                           p.n_groups * per_group));
+    double* f = sized(s.factors, STRIDE * (NUM_PAIR_FACTORS + p.n_groups * per_group));
     s.powers.sized(CAP * p.n_patterns * (Derivatives ? 2 : 1));
     const int* row_run = s.row_run.data();
     int a0 = 0;
@@ -1021,8 +1004,7 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
         s.blocks.clear();
         for (int a = a0; a < n && row_run[a * (S + 1)] < p0 + m; ++a) {
             const int* run = row_run + a * (S + 1);
-            fill_row(e, p.n_eta, a, std::max(run[0] - p0, 0),
-                                  std::min(run[S] - p0, m), f);
+            fill_row<Derivatives>(e, a, std::max(run[0] - p0, 0), std::min(run[S] - p0, m), f);
             for (int t = 0; t < S; ++t) {
                 const int lo = std::max(run[t] - p0, 0), hi = std::min(run[t + 1] - p0, m);
                 if (lo >= hi) continue;
@@ -1035,7 +1017,7 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
                 }
             }
         }
-        gather_partner_factors<Derivatives>(e, p.n_eta, s.pair_b.data() + p0, m, f);
+        gather_partner_factors<Derivatives>(e, s.pair_b.data() + p0, m, f);
         angular_batch<Derivatives>(p, s, p0, m);
     }
 }
@@ -1173,9 +1155,8 @@ struct SymmetryFunctions::Workspace {
     std::vector<int> angular_of_slot;  // slot → angular slot, or −1
     std::vector<int> run;              // [S + 1] species runs of the angular slots
     std::vector<int> next;             // [S] counting-sort cursors
-    std::vector<double> ar, ainv, avx, avy, avz;
+    std::vector<double> ar, ar2, ainv, avx, avy, avz, afc, adlog_c;
     std::vector<int> aspecies;
-    std::vector<double> h, dlog, fc_tmp, dfc_tmp;
     AngularScratch angular;                  // pairs, pair factors and the angular results
     std::vector<double> descriptor, weight;  // gradient() only
 };
@@ -1245,9 +1226,6 @@ SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
     for (int g = 0; g < static_cast<int>(keys.size()); ++g) {
         group_eta_.push_back(keys[g].first);
         group_g4_.push_back(keys[g].second);
-        auto found = std::find(distinct_eta_.begin(), distinct_eta_.end(), keys[g].first);
-        group_eta_index_.push_back(static_cast<int>(found - distinct_eta_.begin()));
-        if (found == distinct_eta_.end()) distinct_eta_.push_back(keys[g].first);
         std::vector<int> functions;
         for (int k = 0; k < num_angular_; ++k) {
             if (group_of[k] == g) functions.push_back(k);
@@ -1374,6 +1352,7 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     for (int t = 0; t < num_species_; ++t) run[t + 1] += run[t];
     int* angular_of_slot = sized(w.angular_of_slot, std::max(n_slots, 1));
     double* ar = sized(w.ar, na);
+    double* ar2 = sized(w.ar2, na);
     double* ainv = zeroed(w.ainv, na + LANES);  // (as avx …: packed eight at a time)
     double* avx = zeroed(w.avx, na + LANES);  // LANES zeros after the end: read eight at a time
     double* avy = zeroed(w.avy, na + LANES);
@@ -1388,6 +1367,7 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
         const double* v = edges.vectors + 3 * slot_edge[s];
         angular_of_slot[s] = a;
         ar[a] = r[s];
+        ar2[a] = r[s] * r[s];
         ainv[a] = inv_r[s];
         avx[a] = v[0];
         avy[a] = v[1];
@@ -1395,27 +1375,19 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
         aspecies[a] = species[s];
     }
     w.n_angular = n_ang;
-    const int n_eta = static_cast<int>(distinct_eta_.size());
-    const std::size_t h_stride = std::max<std::size_t>(na, 1);
-    double* h = sized(w.h, h_stride * n_eta);
-    double* dlog = sized(w.dlog, h_stride * n_eta);
-    if (n_ang > 0) {
-        edge_factors(n_ang, h_stride, ar, ainv, n_eta, distinct_eta_.data(), cosine, 1.0 / rca, h,
-                     dlog, sized(w.fc_tmp, na), sized(w.dfc_tmp, na));
-    }
-    const AngularEdges angular_edges{n_ang, ainv, avx, avy, avz, aspecies, run, h_stride, h,
-                                      dlog};
+    double* afc = sized(w.afc, na);
+    double* adlog_c = sized(w.adlog_c, na);
+    if (n_ang > 0) edge_cutoffs(n_ang, ar, ainv, cosine, 1.0 / rca, afc, adlog_c);
+    const AngularEdges angular_edges{n_ang, ainv, avx, avy, avz, ar2, afc, adlog_c, aspecies, run};
     const LanePlan plan{num_species_,
                         num_pairs_,
                         static_cast<int>(chunk_group_.size()),
                         static_cast<int>(group_eta_.size()),
                         static_cast<int>(pattern_fractional_.size()),
-                        n_eta,
                         chunk_group_.data(),
                         chunk_pattern_.data(),
                         group_eta_.data(),
                         group_g4_.data(),
-                        group_eta_index_.data(),
                         pattern_lambda_.data(),
                         pattern_scale_.data(),
                         pattern_dscale_.data(),

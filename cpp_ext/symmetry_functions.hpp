@@ -123,8 +123,6 @@ private:
     // (8), evaluated side by side, one function per lane.
     std::vector<double> group_eta_;        // per group
     std::vector<int> group_g4_;            // 1: G4 (has the r_jk factor), 0: G5
-    std::vector<int> group_eta_index_;     // into distinct_eta_
-    std::vector<double> distinct_eta_;     // η of the per-edge factors exp(−η r²) f_c(r)
     std::vector<int> chunk_group_, chunk_pattern_;  // per chunk
     std::vector<int> chunk_function_;      // [chunk × 8 + lane]: user angular index, −1: padding
     std::vector<int> chunk_first_;         // user index of lane 0 if the lanes are consecutive
