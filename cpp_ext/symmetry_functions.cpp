@@ -181,6 +181,35 @@ MLPOT_ALWAYS_INLINE void cosine_cutoff(double x, double inv_rc, double& fc, doub
     dfc = -PI * inv_rc * sine * cosine;
 }
 
+// Coefficients of ½ (1 + cos(π √s)) = Σ_k a_k s^k: a_0 = 1, a_k = ½ (−1)^k π^{2k} / (2k)!.
+constexpr double cosine_cutoff_coefficient(int k) {
+    double a = 1.0;
+    for (int i = 1; i <= 2 * k; ++i) a *= PI / i;
+    return k == 0 ? 1.0 : (k % 2 ? -0.5 : 0.5) * a;
+}
+
+// f_c = ½ (1 + cos π x) and (df_c/dr) / r from s = x² = r² / rc² ∈ [0, 1], no square root: the
+// series to s¹⁴ (terms after it < 2e-18), summed in Estrin's order; absolute error ≈ 5e-16 (the
+// terms reach 2), so for factors of pair terms only, not for f_c′/f_c.
+MLPOT_ALWAYS_INLINE void cosine_cutoff_of_square(double s, double inv_rc2, double& fc,
+                                                 double& dfc_over_r) {
+    constexpr int N = 15;
+    const auto a = [](int k) { return cosine_cutoff_coefficient(k); };
+    const auto d = [](int k) { return (k + 1) * cosine_cutoff_coefficient(k + 1); };  // d/ds
+    const double s2 = s * s, s4 = s2 * s2, s8 = s4 * s4;
+    static_assert(N == 15, "Estrin's order below sums 15 terms");
+    const double f = ((a(0) + a(1) * s) + (a(2) + a(3) * s) * s2 +
+                      ((a(4) + a(5) * s) + (a(6) + a(7) * s) * s2) * s4) +
+                     (((a(8) + a(9) * s) + (a(10) + a(11) * s) * s2) +
+                      ((a(12) + a(13) * s) + a(14) * s2) * s4) * s8;
+    const double g = ((d(0) + d(1) * s) + (d(2) + d(3) * s) * s2 +
+                      ((d(4) + d(5) * s) + (d(6) + d(7) * s) * s2) * s4) +
+                     (((d(8) + d(9) * s) + (d(10) + d(11) * s) * s2) +
+                      ((d(12) + d(13) * s) + d(14) * s2) * s4) * s8;
+    fc = f;
+    dfc_over_r = 2.0 * inv_rc2 * g;  // df_c/dr = (df_c/ds) 2r / rc²
+}
+
 MLPOT_ALWAYS_INLINE void polynomial_cutoff(double x, double inv_rc, double& fc, double& dfc) {
     const double one_minus = 1.0 - x, square = one_minus * one_minus;
     fc = square * one_minus * (1.0 + x * (3.0 + 6.0 * x));  // = 1 − 10x³ + 15x⁴ − 6x⁵
@@ -358,7 +387,6 @@ struct Segment {
 struct AngularScratch {
     std::vector<int> pair_b;           // partners b > a of the pairs (a, b), row a by row a
     std::vector<int> row_run;          // [slot][S + 1]: row a's partners of species t start here
-    std::vector<double> rjk2;          // [pair]
     std::vector<double> partner;       // [PartnerValue][partner_stride]
     std::size_t partner_stride = 0;
     std::vector<double> factors;       // [pair factor][STRIDE] of a batch of pairs
@@ -386,14 +414,13 @@ enum PairFactor {
 };
 // The partner's edge vector and 1/r for every pair of the centre, packed with the pair list
 // ([value][partner_stride]).
-enum PartnerValue { P_DX, P_DY, P_DZ, P_DOT, P_INV_R, NUM_PARTNER_VALUES };
+enum PartnerValue { P_DX, P_DY, P_DZ, P_INV_R, NUM_PARTNER_VALUES };
 // Per group, with derivatives (without: H only); see the file header.
 enum GroupFactor { H_, Q_, Z_, ZY_A, ZY_B, HD_A, HD_B, NUM_GROUP_FACTORS };
 
 // The arrays of build_pairs, sized for all candidate pairs of the centre.
 struct PairArrays {
     int* pb;           // partner
-    double* rjk2;      // r_jk²
     double* partner;   // [PartnerValue][ps]
     std::size_t ps;
     int* row_run;      // [slot][S + 1]
@@ -405,8 +432,7 @@ MLPOT_ALWAYS_INLINE PairArrays pair_arrays(const LanePlan& p, const AngularEdges
     const std::size_t candidates = static_cast<std::size_t>(n) * (n - 1) / 2 + LANES;
     // (a stride ≡ 8 mod 16 doubles: the arrays do not share L1 cache sets)
     const std::size_t ps = s.partner_stride = ((candidates + LANES - 1) / LANES * LANES) | LANES;
-    return {sized(s.pair_b, candidates), sized(s.rjk2, candidates),
-            sized(s.partner, ps * NUM_PARTNER_VALUES), ps,
+    return {sized(s.pair_b, candidates), sized(s.partner, ps * NUM_PARTNER_VALUES), ps,
             sized(s.row_run, static_cast<std::size_t>(n) * (S + 1))};
 }
 
@@ -420,11 +446,9 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
     const int n = e.n, S = p.num_species;
     const PairArrays arrays = pair_arrays(p, e, s);
     int* __restrict pb = arrays.pb;
-    double* __restrict rjk2 = arrays.rjk2;
     double* __restrict dx = arrays.partner + P_DX * arrays.ps;
     double* __restrict dy = arrays.partner + P_DY * arrays.ps;
     double* __restrict dz = arrays.partner + P_DZ * arrays.ps;
-    double* __restrict dot = arrays.partner + P_DOT * arrays.ps;
     double* __restrict ivb = arrays.partner + P_INV_R * arrays.ps;
     const double limit = p.all_g4 ? p.rc * p.rc : HUGE_VAL;
     int m = 0;
@@ -436,12 +460,10 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
             for (int b = std::max(a + 1, e.run[t]); b < e.run[t + 1]; ++b) {
                 const double x = e.vx[b] - vxa, y = e.vy[b] - vya, z = e.vz[b] - vza;
                 const double r2 = x * x + y * y + z * z;
-                rjk2[m] = r2;
                 pb[m] = b;
                 dx[m] = x;
                 dy[m] = y;
                 dz[m] = z;
-                dot[m] = e.vx[b] * vxa + e.vy[b] * vya + e.vz[b] * vza;
                 ivb[m] = e.inv_r[b];
                 m += r2 < limit;
             }
@@ -452,16 +474,19 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
 }
 
 #if MLPOT_X86_DISPATCH
-// For each 4-bit keep-mask, the 32-bit lanes that move the kept doubles to the front.
+// For each 4-bit keep-mask, the 32-bit lanes that move the kept doubles to the front, and the
+// kept lanes themselves.
 struct PackTable {
     std::int32_t index[16][8];
-    constexpr PackTable() : index{} {
+    std::int32_t lane[16][4];
+    constexpr PackTable() : index{}, lane{} {
         for (int mask = 0; mask < 16; ++mask) {
             int n = 0;
             for (int l = 0; l < 4; ++l) {
                 if (mask & (1 << l)) {
                     index[mask][2 * n] = 2 * l;
                     index[mask][2 * n + 1] = 2 * l + 1;
+                    lane[mask][n] = l;
                     ++n;
                 }
             }
@@ -482,7 +507,6 @@ __attribute__((target("arch=x86-64-v3"))) int build_pairs_avx2(const LanePlan& p
     double* dx = arrays.partner + P_DX * ps;
     double* dy = arrays.partner + P_DY * ps;
     double* dz = arrays.partner + P_DZ * ps;
-    double* dot = arrays.partner + P_DOT * ps;
     double* ivb = arrays.partner + P_INV_R * ps;
     const __m256d limit = _mm256_set1_pd(p.all_g4 ? p.rc * p.rc : HUGE_VAL);
     const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
@@ -510,19 +534,14 @@ __attribute__((target("arch=x86-64-v3"))) int build_pairs_avx2(const LanePlan& p
                     _mm256_cmp_pd(r2, limit, _CMP_LT_OQ), _mm256_castsi256_pd(valid)));
                 const __m256i index = _mm256_loadu_si256(
                     reinterpret_cast<const __m256i*>(PACK.index[mask]));
-                pack(arrays.rjk2 + m, r2, index);
                 pack(dx + m, x, index);
                 pack(dy + m, y, index);
                 pack(dz + m, z, index);
-                pack(dot + m, _mm256_fmadd_pd(vz, za, _mm256_fmadd_pd(vy, ya, _mm256_mul_pd(vx, xa))),
-                     index);
                 pack(ivb + m, _mm256_loadu_pd(e.inv_r + b), index);
-                // partner numbers: the even 32-bit lanes of the index are 2 × the kept lane
-                const __m256i partners = _mm256_add_epi32(_mm256_srli_epi32(index, 1),
-                                                          _mm256_set1_epi32(b));
                 _mm_storeu_si128(reinterpret_cast<__m128i*>(arrays.pb + m),
-                                 _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
-                                     partners, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6))));
+                                 _mm_add_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
+                                                   PACK.lane[mask])),
+                                               _mm_set1_epi32(b)));
                 m += __builtin_popcount(static_cast<unsigned>(mask));
             }
         }
@@ -543,7 +562,6 @@ __attribute__((target("arch=x86-64-v4"))) int build_pairs_avx512(const LanePlan&
     double* dx = arrays.partner + P_DX * ps;
     double* dy = arrays.partner + P_DY * ps;
     double* dz = arrays.partner + P_DZ * ps;
-    double* dot = arrays.partner + P_DOT * ps;
     double* ivb = arrays.partner + P_INV_R * ps;
     const __m512d limit = _mm512_set1_pd(p.all_g4 ? p.rc * p.rc : HUGE_VAL);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -566,13 +584,9 @@ __attribute__((target("arch=x86-64-v4"))) int build_pairs_avx512(const LanePlan&
                 const __mmask8 valid =
                     left >= LANES ? 0xFF : static_cast<__mmask8>((1u << left) - 1);
                 const __mmask8 k = _mm512_mask_cmp_pd_mask(valid, r2, limit, _CMP_LT_OQ);
-                _mm512_storeu_pd(arrays.rjk2 + m, _mm512_maskz_compress_pd(k, r2));
                 _mm256_storeu_si256(
                     reinterpret_cast<__m256i*>(arrays.pb + m),
                     _mm256_maskz_compress_epi32(k, _mm256_add_epi32(lane, _mm256_set1_epi32(b))));
-                const __m512d ab =
-                    _mm512_fmadd_pd(vz, za, _mm512_fmadd_pd(vy, ya, _mm512_mul_pd(vx, xa)));
-                _mm512_storeu_pd(dot + m, _mm512_maskz_compress_pd(k, ab));
                 _mm512_storeu_pd(dx + m, _mm512_maskz_compress_pd(k, x));
                 _mm512_storeu_pd(dy + m, _mm512_maskz_compress_pd(k, y));
                 _mm512_storeu_pd(dz + m, _mm512_maskz_compress_pd(k, z));
@@ -620,13 +634,15 @@ MLPOT_ALWAYS_INLINE void gather_partner_factors(const AngularEdges& e, const int
     }
 }
 
-// Geometry of m pairs: cos θ, r_jk, f_c(r_jk), … (r_jk ≥ rc gives f_c = f_c' = 1/r_jk = 0).
+// Geometry of m pairs: r_jk from d, cos θ = (r_a² + r_b² − r_jk²) / (2 r_a r_b), f_c(r_jk), …
+// (r_jk ≥ rc gives f_c = f_c' = 0).
 template <bool Cosine, bool Derivatives>
-MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, const double* __restrict rjk2_in,
-                                       const double* __restrict pv, std::size_t ps,
-                                       double* __restrict f) {
+MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, const double* __restrict pv,
+                                       std::size_t ps, double* __restrict f) {
     const double rc2 = p.rc * p.rc;
-    const double* __restrict ab = pv + P_DOT * ps;
+    const double* __restrict dx = pv + P_DX * ps;
+    const double* __restrict dy = pv + P_DY * ps;
+    const double* __restrict dz = pv + P_DZ * ps;
     const double* __restrict ia = f + INV_RA * STRIDE;
     const double* __restrict ib = pv + P_INV_R * ps;
     double* __restrict cos_theta = f + COS_THETA * STRIDE;
@@ -647,16 +663,19 @@ MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, const double* _
     MLPOT_INDEPENDENT
     for (int j = 0; j < m; ++j) {
         const double inv_ab = ia[j] * ib[j];
-        const double c = ab[j] * inv_ab;
+        const double d2 = dx[j] * dx[j] + dy[j] * dy[j] + dz[j] * dz[j];
+        const double c = 0.5 * (r2a[j] + r2b[j] - d2) * inv_ab;
         cos_theta[j] = c;
         r2ab[j] = r2a[j] + r2b[j];
         fcab[j] = fca[j] * fcb[j];
-        const double r2 = rjk2_in[j] < rc2 ? rjk2_in[j] : rc2;
-        double inverse, root;
-        inverse_sqrt_and_sqrt(r2, inverse, root);
+        const double r2 = d2 < rc2 ? d2 : rc2;
         rjk2[j] = r2;
-        rjk[j] = root;
-        inv_rjk[j] = inverse;
+        if (!Cosine) {  // the polynomial cutoff has odd powers of r_jk
+            double inverse, root;
+            inverse_sqrt_and_sqrt(r2, inverse, root);
+            rjk[j] = root;
+            inv_rjk[j] = inverse;
+        }
         if constexpr (Derivatives) {
             wa[j] = inv_ab - c * ia[j] * ia[j];
             wb[j] = inv_ab - c * ib[j] * ib[j];
@@ -666,15 +685,18 @@ MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, const double* _
     // (a loop of its own: the square roots and the cutoff function are long dependency chains)
     MLPOT_INDEPENDENT
     for (int j = 0; j < m; ++j) {
-        const double in = rjk2_in[j] < rc2 ? 1.0 : 0.0;
-        double fc, dfc;
+        const double in = rjk2[j] < rc2 ? 1.0 : 0.0;
+        double fc, dfc_over_r;
         if (Cosine) {
-            cosine_cutoff(rjk[j] * p.inv_rc, p.inv_rc, fc, dfc);
+            cosine_cutoff_of_square(rjk2[j] * p.inv_rc * p.inv_rc, p.inv_rc * p.inv_rc, fc,
+                                    dfc_over_r);
         } else {
+            double dfc;
             polynomial_cutoff(rjk[j] * p.inv_rc, p.inv_rc, fc, dfc);
+            dfc_over_r = dfc * inv_rjk[j];
         }
         fcjk[j] = in * fc;
-        if constexpr (Derivatives) dfcjk[j] = in * dfc * inv_rjk[j];  // (df_c/dr) / r
+        if constexpr (Derivatives) dfcjk[j] = in * dfc_over_r;  // (df_c/dr) / r
     }
 }
 
@@ -952,9 +974,9 @@ MLPOT_ALWAYS_INLINE void angular_batch(const LanePlan& p, AngularScratch& s, int
     const std::size_t ps = s.partner_stride;
     const double* pv = s.partner.data() + p0;  // the batch's partner values
     if (p.cosine) {
-        pair_geometry<true, Derivatives>(p, m, s.rjk2.data() + p0, pv, ps, f);
+        pair_geometry<true, Derivatives>(p, m, pv, ps, f);
     } else {
-        pair_geometry<false, Derivatives>(p, m, s.rjk2.data() + p0, pv, ps, f);
+        pair_geometry<false, Derivatives>(p, m, pv, ps, f);
     }
     double* group = f + NUM_PAIR_FACTORS * STRIDE;
     for (int g = 0; g < p.n_groups; ++g) {
@@ -1367,7 +1389,7 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
         const double* v = edges.vectors + 3 * slot_edge[s];
         angular_of_slot[s] = a;
         ar[a] = r[s];
-        ar2[a] = r[s] * r[s];
+        ar2[a] = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
         ainv[a] = inv_r[s];
         avx[a] = v[0];
         avy[a] = v[1];
