@@ -188,26 +188,25 @@ constexpr double cosine_cutoff_coefficient(int k) {
     return k == 0 ? 1.0 : (k % 2 ? -0.5 : 0.5) * a;
 }
 
+// Σ_{k<15} c(k) s^k in Estrin's order, given s², s⁴ and s⁸.
+template <typename Coefficient>
+MLPOT_ALWAYS_INLINE double estrin15(Coefficient c, double s, double s2, double s4, double s8) {
+    return ((c(0) + c(1) * s) + (c(2) + c(3) * s) * s2 +
+            ((c(4) + c(5) * s) + (c(6) + c(7) * s) * s2) * s4) +
+           (((c(8) + c(9) * s) + (c(10) + c(11) * s) * s2) +
+            ((c(12) + c(13) * s) + c(14) * s2) * s4) * s8;
+}
+
 // f_c = ½ (1 + cos π x) and (df_c/dr) / r from s = x² = r² / rc² ∈ [0, 1], no square root: the
-// series to s¹⁴ (terms after it < 2e-18), summed in Estrin's order; absolute error ≈ 5e-16 (the
-// terms reach 2), so for factors of pair terms only, not for f_c′/f_c.
+// series to s¹⁴ (terms after it < 2e-18); absolute error ≈ 5e-16 (the terms reach 2), so for
+// factors of pair terms only, not where f_c′/f_c is needed.
 MLPOT_ALWAYS_INLINE void cosine_cutoff_of_square(double s, double inv_rc2, double& fc,
                                                  double& dfc_over_r) {
-    constexpr int N = 15;
-    const auto a = [](int k) { return cosine_cutoff_coefficient(k); };
-    const auto d = [](int k) { return (k + 1) * cosine_cutoff_coefficient(k + 1); };  // d/ds
+    const auto value = [](int k) { return cosine_cutoff_coefficient(k); };
+    const auto slope = [](int k) { return (k + 1) * cosine_cutoff_coefficient(k + 1); };  // d/ds
     const double s2 = s * s, s4 = s2 * s2, s8 = s4 * s4;
-    static_assert(N == 15, "Estrin's order below sums 15 terms");
-    const double f = ((a(0) + a(1) * s) + (a(2) + a(3) * s) * s2 +
-                      ((a(4) + a(5) * s) + (a(6) + a(7) * s) * s2) * s4) +
-                     (((a(8) + a(9) * s) + (a(10) + a(11) * s) * s2) +
-                      ((a(12) + a(13) * s) + a(14) * s2) * s4) * s8;
-    const double g = ((d(0) + d(1) * s) + (d(2) + d(3) * s) * s2 +
-                      ((d(4) + d(5) * s) + (d(6) + d(7) * s) * s2) * s4) +
-                     (((d(8) + d(9) * s) + (d(10) + d(11) * s) * s2) +
-                      ((d(12) + d(13) * s) + d(14) * s2) * s4) * s8;
-    fc = f;
-    dfc_over_r = 2.0 * inv_rc2 * g;  // df_c/dr = (df_c/ds) 2r / rc²
+    fc = estrin15(value, s, s2, s4, s8);
+    dfc_over_r = 2.0 * inv_rc2 * estrin15(slope, s, s2, s4, s8);  // df_c/dr = (df_c/ds) 2r/rc²
 }
 
 MLPOT_ALWAYS_INLINE void polynomial_cutoff(double x, double inv_rc, double& fc, double& dfc) {
@@ -412,7 +411,7 @@ enum PairFactor {
     COS_THETA, RJK2, RJK, INV_RJK, FC_JK, DFC_JK, W_A, W_B, INV_RARB, R2_AB, FC_AB,
     NUM_PAIR_FACTORS
 };
-// The partner's edge vector and 1/r for every pair of the centre, packed with the pair list
+// d = r_b − r_a and the partner's 1/r for every pair of the centre, packed with the pair list
 // ([value][partner_stride]).
 enum PartnerValue { P_DX, P_DY, P_DZ, P_INV_R, NUM_PARTNER_VALUES };
 // Per group, with derivatives (without: H only); see the file header.
@@ -551,7 +550,7 @@ __attribute__((target("arch=x86-64-v3"))) int build_pairs_avx2(const LanePlan& p
 }
 
 // build_pairs with AVX-512's comparisons into a mask register and its compress instruction in
-// place of the mask reduction and the permute table (G alone ≈ 5% faster on Zen 4). GCC cannot
+// place of the permute table of build_pairs_avx2 (eight candidates at a time). GCC cannot
 // inline AVX-512 intrinsics into the cloned templates, so this is a function of its own.
 __attribute__((target("arch=x86-64-v4"))) int build_pairs_avx512(const LanePlan& p,
                                                                   const AngularEdges& e,
