@@ -391,6 +391,7 @@ struct AngularScratch {
     std::vector<double> factors;       // [pair factor][STRIDE] of a batch of pairs
     std::vector<Segment> segments;     // the batch's pairs, row by row
     std::vector<Segment> blocks;       // the same, consecutive segments of one block joined
+    std::vector<char> row_stored;      // [slot][block]: the row's sums are in acc already
     LaneBuffer powers;                // [batch pair][pattern][P, P′]
     LaneBuffer G;                     // [block][chunk]: the descriptors (internal order)
     LaneBuffer acc;                   // [slot][block][chunk][A, Bx, By, Bz]: see the file header
@@ -897,9 +898,11 @@ MLPOT_ALWAYS_INLINE void descriptor_sums(const LanePlan& p, AngularScratch& s) {
 }
 
 // The batch's derivative terms, segment by segment (see the file header): for each pair (a, b)
-// and lane, A_a += P′ (Z − Y_a), A_b += P′ (Z − Y_b) + P H dlog_b and B_a += β d, B_b −= β d with
-// β = P′ Z − P Q and d = r_b − r_a; row a's side summed in registers over its partners (both
-// parts of a chunk per pair, so each factor is read once), the partner's added in memory.
+// and lane, A_a += P′ (Z − Y_a) + P H dlog_a, A_b += P′ (Z − Y_b) + P H dlog_b and B_a += β d,
+// B_b −= β d with β = P′ Z − P Q and d = r_b − r_a; row a's side summed in registers over its
+// partners (both parts of a chunk per pair, so each factor is read once), the partner's added in
+// memory. Segments run last to first (see angular_pass): a row's sums are stored, or added where
+// the row's later pairs, in a later batch, stored theirs.
 template <int W>
 MLPOT_ALWAYS_INLINE void derivative_sums(const LanePlan& p, AngularScratch& s, int p0) {
     typedef typename Part<W>::type part;
@@ -914,21 +917,16 @@ MLPOT_ALWAYS_INLINE void derivative_sums(const LanePlan& p, AngularScratch& s, i
     const double* __restrict dy = s.partner.data() + P_DY * s.partner_stride + p0;
     const double* __restrict dz = s.partner.data() + P_DZ * s.partner_stride + p0;
     double* __restrict acc = reinterpret_cast<double*>(s.acc.data());
-    for (const Segment& segment : s.segments) {
-        const int a = segment.a, lo = segment.lo, hi = segment.hi, block = segment.block;
+    for (auto segment = s.segments.rbegin(); segment != s.segments.rend(); ++segment) {
+        const int a = segment->a, lo = segment->lo, hi = segment->hi, block = segment->block;
+        char& stored = s.row_stored[static_cast<std::size_t>(a) * p.n_blocks + block];
         for (int c = 0; c < nc; ++c) {
             const double* __restrict g = groups + p.chunk_group[c] * NUM_GROUP_FACTORS * STRIDE;
             const double* __restrict P =
                 reinterpret_cast<const double*>(s.powers.data() + p.chunk_pattern[c] * 2);
             double* cell = acc + (static_cast<std::size_t>(block) * nc + c) * 4 * LANES;  // slot 0
             double* row = cell + a * slot_stride;
-            part sA[K], sx[K], sy[K], sz[K];
-            for (int k = 0; k < K; ++k) {
-                load_part<W>(sA[k], row + k * W);
-                load_part<W>(sx[k], row + LANES + k * W);
-                load_part<W>(sy[k], row + 2 * LANES + k * W);
-                load_part<W>(sz[k], row + 3 * LANES + k * W);
-            }
+            part sA[K] = {}, sx[K] = {}, sy[K] = {}, sz[K] = {};
             for (int j = lo; j < hi; ++j) {
                 const double* __restrict Pj = P + j * stride;
                 const double* __restrict dPj = Pj + LANES;
@@ -955,13 +953,20 @@ MLPOT_ALWAYS_INLINE void derivative_sums(const LanePlan& p, AngularScratch& s, i
                     }
                 }
             }
-            for (int k = 0; k < K; ++k) {
-                store_part<W>(row + k * W, sA[k]);
-                store_part<W>(row + LANES + k * W, sx[k]);
-                store_part<W>(row + 2 * LANES + k * W, sy[k]);
-                store_part<W>(row + 3 * LANES + k * W, sz[k]);
+            const part* sums[4] = {sA, sx, sy, sz};
+            for (int q = 0; q < 4; ++q) {
+                for (int k = 0; k < K; ++k) {
+                    part sum = sums[q][k];
+                    if (stored) {
+                        part old;
+                        load_part<W>(old, row + q * LANES + k * W);
+                        sum += old;
+                    }
+                    store_part<W>(row + q * LANES + k * W, sum);
+                }
             }
         }
+        stored = 1;
     }
 }
 
@@ -997,15 +1002,39 @@ MLPOT_ALWAYS_INLINE void angular_batch(const LanePlan& p, AngularScratch& s, int
     }
 }
 
+// With derivatives, the cells of s.acc that no row's sums will be stored in (a slot's blocks in
+// which its row has no pairs): zero, as the partners' terms are added to them.
+MLPOT_ALWAYS_INLINE void zero_cells_without_rows(const LanePlan& p, const AngularEdges& e,
+                                                 AngularScratch& s) {
+    const int S = p.num_species;
+    const std::size_t cells = static_cast<std::size_t>(p.n_blocks) * p.n_chunks;
+    lanes* acc = s.acc.sized(static_cast<std::size_t>(e.n) * cells * 4);
+    for (int a = 0; a < e.n; ++a) {
+        const int* run = s.row_run.data() + a * (S + 1);
+        for (int block = 0; block < p.n_blocks; ++block) {
+            bool has_pairs = false;
+            for (int t = 0; t < S; ++t) {
+                has_pairs = has_pairs || (species_pair(e.species[a], t) == block && run[t + 1] > run[t]);
+            }
+            lanes* cell = acc + (a * cells + static_cast<std::size_t>(block) * p.n_chunks) * 4;
+            if (!has_pairs) std::fill(cell, cell + static_cast<std::size_t>(p.n_chunks) * 4, lanes{});
+        }
+    }
+}
+
 // The angular block of one centre into s.G (and s.acc): the pairs, then batches of CAP pairs
-// (a row may continue in the next batch).
+// (a row may continue in the next batch), last to first. Pairs are (a, b > a), so when the rows
+// run last to first, row b's own sums are written before any partner's term reaches slot b: they
+// are stored, not added, and s.acc needs zeros only where no row stores its sums.
 template <bool Derivatives>
 MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, AngularScratch& s) {
     const int n = e.n, S = p.num_species;
     const std::size_t cells = static_cast<std::size_t>(p.n_blocks) * p.n_chunks;
     s.G.zeroed(cells);
-    if constexpr (Derivatives) s.acc.zeroed(static_cast<std::size_t>(n) * cells * 4);
-    if (n < 2) return;
+    if (n < 2) {
+        if constexpr (Derivatives) s.acc.zeroed(static_cast<std::size_t>(n) * cells * 4);
+        return;
+    }
 #if MLPOT_X86_DISPATCH
     const int n_pairs = p.path == VectorPath::avx512 ? build_pairs_avx512(p, e, s)
                         : p.path == VectorPath::avx2 ? build_pairs_avx2(p, e, s)
@@ -1017,10 +1046,14 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
     double* f = sized(s.factors, STRIDE * (NUM_PAIR_FACTORS + p.n_groups * per_group));
     s.powers.sized(CAP * p.n_patterns * (Derivatives ? 2 : 1));
     const int* row_run = s.row_run.data();
-    int a0 = 0;
-    for (int p0 = 0; p0 < n_pairs; p0 += CAP) {
+    if constexpr (Derivatives) {
+        zero_cells_without_rows(p, e, s);
+        zeroed(s.row_stored, static_cast<std::size_t>(n) * p.n_blocks);
+    }
+    int a0 = n - 1;
+    for (int p0 = (n_pairs - 1) / CAP * CAP; p0 >= 0 && n_pairs > 0; p0 -= CAP) {
         const int m = std::min(CAP, n_pairs - p0);
-        while (row_run[a0 * (S + 1) + S] <= p0) ++a0;  // the first row with pairs here
+        while (a0 > 0 && row_run[a0 * (S + 1)] > p0) --a0;  // the first row with pairs here
         s.segments.clear();
         s.blocks.clear();
         for (int a = a0; a < n && row_run[a * (S + 1)] < p0 + m; ++a) {
