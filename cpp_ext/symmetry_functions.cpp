@@ -215,10 +215,12 @@ MLPOT_ALWAYS_INLINE void polynomial_cutoff(double x, double inv_rc, double& fc, 
     dfc = -30.0 * x * x * square * inv_rc;
 }
 
-// The hand-written parts of the kernel (the pair list, the width W of the vectors the pair terms
-// are summed in) come in three versions; the best one the CPU runs is taken, or a lower one named
-// by MLPOT_SIMD ("avx2" or "portable"), read once per process, so that the tests check every
-// version on one machine. The results agree up to rounding.
+// The hand-written parts of the kernel come in three versions: the pair list with AVX-512
+// compress, with AVX2 permutes, or one candidate at a time; the pair terms summed W = 8 lanes at
+// a time (AVX-512; portable: left to the compiler) or 4 (AVX2). The best one the CPU runs is
+// taken, or a lower one named by MLPOT_SIMD ("avx2" or "portable"), read once per process, so
+// that the tests check every version on one machine (an AVX2 CPU runs both widths). The results
+// agree up to rounding.
 enum class VectorPath { portable, avx2, avx512 };
 
 VectorPath vector_path() {
@@ -991,14 +993,14 @@ MLPOT_ALWAYS_INLINE void angular_batch(const LanePlan& p, AngularScratch& s, int
             group_factors<false, Derivatives>(p.group_eta[g], m, f, out);
         }
     }
-    if (p.path == VectorPath::avx512) {  // vector registers of LANES doubles
-        angular_powers<Derivatives, LANES>(p, f + COS_THETA * STRIDE, m, s.powers.data());
-        descriptor_sums<Derivatives, LANES>(p, s);
-        if constexpr (Derivatives) derivative_sums<LANES>(p, s, p0);
-    } else {
+    if (p.path == VectorPath::avx2) {  // registers of four doubles: a chunk in two parts
         angular_powers<Derivatives, LANES / 2>(p, f + COS_THETA * STRIDE, m, s.powers.data());
         descriptor_sums<Derivatives, LANES / 2>(p, s);
         if constexpr (Derivatives) derivative_sums<LANES / 2>(p, s, p0);
+    } else {  // AVX-512 (registers of LANES doubles), or left to the compiler
+        angular_powers<Derivatives, LANES>(p, f + COS_THETA * STRIDE, m, s.powers.data());
+        descriptor_sums<Derivatives, LANES>(p, s);
+        if constexpr (Derivatives) derivative_sums<LANES>(p, s, p0);
     }
 }
 

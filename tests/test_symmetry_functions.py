@@ -237,10 +237,11 @@ def test_lane_chunks_powers_and_batches():
 
 @pytest.mark.parametrize("path", ["portable", "avx2"])
 def test_vector_paths_agree(tmp_path, path):
-    """The kernel's hand-written parts (the neighbour-pair list, the width of the vectors the pair
-    terms are summed in) have an AVX-512, an AVX2 and a portable version; MLPOT_SIMD forces a
-    lower one than the CPU's best in a fresh process: same G, dG and chain rule up to rounding.
-    (Where the CPU's best is the forced path, this compares the path with itself.)"""
+    """The kernel's hand-written parts have three versions (neighbour-pair list by AVX-512
+    compress, AVX2 permutes or one candidate at a time; pair terms summed eight lanes at a time,
+    or four on AVX2); MLPOT_SIMD forces a lower one than the CPU's best in a fresh process: same
+    G, dG and chain rule up to rounding. On an AVX2 CPU "portable" runs the eight-lane sums that
+    AVX-512 CPUs use by default, and "avx2" is the default path itself."""
     atoms = bulk("Si", "diamond", a=5.43, cubic=True)
     atoms.symbols[::3] = "C"
     atoms.rattle(0.05, seed=3)
