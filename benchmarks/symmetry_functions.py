@@ -21,8 +21,9 @@ timed (mlpot's is printed for scale). Times are CPU seconds of this (single-thre
 best of --repeats runs: on a quiet machine they equal wall time, on a shared one they are less
 disturbed by other jobs. Every code is measured --rounds times in turn (mlpot, dscribe,
 TorchANI, mlpot, …) and keeps its best, so that a drift of the machine's speed over minutes does
-not favour whichever code ran in the faster minute. Small systems are repeated until half a second has been spent (at most
-200 runs), for every code alike. Above 4096 atoms dscribe runs once; mlpot runs --repeats times
+not favour whichever code ran in the faster minute (dscribe's numerical derivatives: first round
+only). Small systems are repeated until half a second has been spent (at most 200 runs), for
+every code alike. Above 4096 atoms dscribe runs once a round; mlpot runs --repeats times
 at every size, its later calls reusing the first one's derivative memory as training does batch
 after batch (the first touch of gigabytes of fresh memory measures the operating system: 0.4
 GB/s in one VM, 87 µs per atom for the first call at 262144 atoms, 17 µs for the third).

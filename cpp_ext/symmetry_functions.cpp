@@ -14,18 +14,19 @@
 //
 // Speed. Per centre, the edges inside the angular cutoff are stored as arrays sorted by neighbour
 // species, and the unordered pairs (a, b > a) are listed once (several candidates at a time where
-// the CPU has vectors: the kept ones packed by a permute, or AVX-512's compress, with d, a·b and
-// the partner's 1/r) — only those with r_jk < rc when every function is a G4 (f_c(r_jk) = 0
-// removes the others, about half the pairs in a dense solid). In batches of 256 pairs, everything
-// that depends on the pair only (cos θ, r_jk, f_c(r_jk), exp(−η r_jk²) and the distance factors
-// of each (η, kind) group) is computed in loops over pairs that the compiler vectorises (hence the
-// branch-free exp, sin/cos and 1/√x below, summed so that their dependency chains stay short).
-// The angular functions themselves are evaluated eight at a time, one per vector lane ("chunks"
-// of a group), W lanes per vector register (W = 8 with AVX-512, else 4): the powers
-// (1 + λ cos θ)^ζ of all lanes per pair, G as Σ P H over runs of pairs of one species block, and
-// per pair and chunk the A and β terms of row a (kept in registers over its partners) and of the
-// partner (added in its accumulator) as 12 vector multiply-adds per W lanes, so each pair is
-// visited once for both of its edges. The derivatives are written with streaming stores.
+// the CPU has vectors: the kept ones packed by a permute, or AVX-512's compress, with d and the
+// partner's 1/r) — only those with r_jk < rc when every function is a G4 (f_c(r_jk) = 0 removes
+// the others, about half the pairs in a dense solid). In batches of 256 pairs, everything that
+// depends on the pair only (cos θ by the law of cosines, f_c(r_jk) as a series in r_jk², and per
+// (η, kind) group one exponential and the distance factors) is computed in loops over pairs that
+// the compiler vectorises (hence the branch-free exp and series below, summed so that their
+// dependency chains stay short). The angular functions themselves are evaluated eight at a time,
+// one per vector lane ("chunks" of a group), W lanes per vector register (W = 4 with AVX2, else
+// 8): the powers (1 + λ cos θ)^ζ of all lanes per pair, G as Σ P H over runs of pairs of one
+// species block, and per pair and chunk the A and β terms of row a (kept in registers over its
+// partners) and of the partner (added in its accumulator) as 12 vector multiply-adds per W lanes,
+// so each pair is visited once for both of its edges. The derivatives are written with
+// streaming stores.
 // gradient() is compute() with derivatives contracted centre by centre. On x86-64 with GCC the hot
 // functions are compiled for AVX-512, AVX2 + FMA and baseline x86-64 and picked at load time
 // (target_clones); the code uses GCC/clang vector extensions.
@@ -108,9 +109,10 @@ constexpr double inverse_factorial(int n) {
     return result;
 }
 
-// sin(t) and cos(t) for |t| ≤ π/2 from their Taylor series to t¹⁹ / t²⁰ (error < 3e-16), summed
-// in Estrin's order (pairs of terms, then pairs of pairs): a dependency chain of five
-// multiply-adds instead of ten, so that vectorised loops are not bound by their latency.
+// sin(t) and cos(t) for |t| ≤ π/2 from their Taylor series to t²¹ / t²⁰ (truncation < 3e-17;
+// with rounding, measured < 4.5e-16), summed in Estrin's order (pairs of terms, then pairs of
+// pairs): a dependency chain of five multiply-adds instead of ten, so that vectorised loops are
+// not bound by their latency.
 MLPOT_ALWAYS_INLINE void sin_cos_half_range(double t, double& sine, double& cosine) {
     const double y = t * t, y2 = y * y, y4 = y2 * y2, y8 = y4 * y4;
     // sin t / t = Σ_k (−1)^k y^k / (2k + 1)!,  cos t = Σ_k (−1)^k y^k / (2k)!
@@ -120,15 +122,16 @@ MLPOT_ALWAYS_INLINE void sin_cos_half_range(double t, double& sine, double& cosi
                  s67 = s(6) + s(7) * y, s89 = s(8) + s(9) * y;
     const double c01 = c(0) + c(1) * y, c23 = c(2) + c(3) * y, c45 = c(4) + c(5) * y,
                  c67 = c(6) + c(7) * y, c89 = c(8) + c(9) * y;
-    const double s03 = s01 + s23 * y2, s47 = s45 + s67 * y2;
+    const double s03 = s01 + s23 * y2, s47 = s45 + s67 * y2, s8a = s89 + s(10) * y2;
     const double c03 = c01 + c23 * y2, c47 = c45 + c67 * y2, c8a = c89 + c(10) * y2;
-    sine = t * ((s03 + s47 * y4) + s89 * y8);
+    sine = t * ((s03 + s47 * y4) + s8a * y8);
     cosine = (c03 + c47 * y4) + c8a * y8;
 }
 
-// exp(x) for x ≤ 0, branch-free (vectorisable), within 2 ulp of std::exp; x < −708 gives
-// ≈ 2e-308 instead of the (even smaller) true value. Taylor series of e^r to r¹³ (error < 1e-17)
-// for |r| ≤ ln 2 / 2, in Estrin's order (see sin_cos_half_range).
+// exp(x) for x ≤ 0, branch-free (vectorisable), within about 1 ulp of std::exp; x < −708 gives
+// ≈ 3.3e-308 instead of the (even smaller) true value. Taylor series of e^r to r¹³ (error
+// < 1e-17) for |r| ≤ ln 2 / 2: 1 + (r + r² q(r)) with q in Estrin's order (see
+// sin_cos_half_range); adding the 1 last keeps the rounding of the small terms out of the result.
 MLPOT_ALWAYS_INLINE double exp_nonpositive(double x) {
     x = x > -708.0 ? x : -708.0;
     constexpr double magic = 6755399441055744.0;  // 1.5 · 2^52: adding it rounds to an integer
@@ -136,13 +139,13 @@ MLPOT_ALWAYS_INLINE double exp_nonpositive(double x) {
     const double n = t - magic;
     double r = x - n * 6.93147180369123816490e-01;  // Cody–Waite: ln 2 = hi + lo
     r = r - n * 1.90821492927058770002e-10;         // |r| ≤ ln 2 / 2
-    const auto a = [](int k) { return inverse_factorial(k); };
+    const auto a = [](int k) { return inverse_factorial(k + 2); };  // q = Σ_k r^k / (k + 2)!
     const double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
-    const double p01 = 1.0 + r, p23 = a(2) + a(3) * r, p45 = a(4) + a(5) * r,
-                 p67 = a(6) + a(7) * r, p89 = a(8) + a(9) * r, pab = a(10) + a(11) * r,
-                 pcd = a(12) + a(13) * r;
-    const double p03 = p01 + p23 * r2, p47 = p45 + p67 * r2, p8b = p89 + pab * r2;
-    const double p = (p03 + p47 * r4) + (p8b + pcd * r4) * r8;
+    const double q01 = a(0) + a(1) * r, q23 = a(2) + a(3) * r, q45 = a(4) + a(5) * r,
+                 q67 = a(6) + a(7) * r, q89 = a(8) + a(9) * r, qab = a(10) + a(11) * r;
+    const double q03 = q01 + q23 * r2, q47 = q45 + q67 * r2, q8b = q89 + qab * r2;
+    const double q = (q03 + q47 * r4) + q8b * r8;
+    const double p = 1.0 + (r + r2 * q);
     std::int64_t bits;
     std::memcpy(&bits, &t, sizeof bits);  // the low mantissa bits of t hold n
     bits = (bits - 0x4338000000000000LL + 1023) << 52;
@@ -198,14 +201,15 @@ MLPOT_ALWAYS_INLINE double estrin15(Coefficient c, double s, double s2, double s
 }
 
 // f_c = ½ (1 + cos π x) and (df_c/dr) / r from s = x² = r² / rc² ∈ [0, 1], no square root: the
-// series to s¹⁴ (terms after it < 2e-18); absolute error ≈ 5e-16 (the terms reach 2), so for
-// factors of pair terms only, not where f_c′/f_c is needed.
+// series to s¹⁴ (terms after it < 2e-18); absolute error ≈ 6e-16 (the terms reach π²/4), so for
+// factors of pair terms only, not where f_c′/f_c is needed (f_c is clamped at 0 just inside rc).
 MLPOT_ALWAYS_INLINE void cosine_cutoff_of_square(double s, double inv_rc2, double& fc,
                                                  double& dfc_over_r) {
     const auto value = [](int k) { return cosine_cutoff_coefficient(k); };
     const auto slope = [](int k) { return (k + 1) * cosine_cutoff_coefficient(k + 1); };  // d/ds
     const double s2 = s * s, s4 = s2 * s2, s8 = s4 * s4;
-    fc = estrin15(value, s, s2, s4, s8);
+    const double f = estrin15(value, s, s2, s4, s8);
+    fc = f > 0.0 ? f : 0.0;
     dfc_over_r = 2.0 * inv_rc2 * estrin15(slope, s, s2, s4, s8);  // df_c/dr = (df_c/ds) 2r/rc²
 }
 
@@ -218,29 +222,39 @@ MLPOT_ALWAYS_INLINE void polynomial_cutoff(double x, double inv_rc, double& fc, 
 // The hand-written parts of the kernel come in three versions: the pair list with AVX-512
 // compress, with AVX2 permutes, or one candidate at a time; the pair terms summed W = 8 lanes at
 // a time (AVX-512; portable: left to the compiler) or 4 (AVX2). The best one the CPU runs is
-// taken, or a lower one named by MLPOT_SIMD ("avx2" or "portable"), read once per process, so
-// that the tests check every version on one machine (an AVX2 CPU runs both widths). The results
-// agree up to rounding.
+// taken, or a lower one named by MLPOT_SIMD ("avx2" or "portable"; a higher one than the CPU runs
+// gives its best), read once per process, so that the tests check every version on one machine
+// (an AVX2 CPU runs both widths). The results agree up to rounding.
 enum class VectorPath { portable, avx2, avx512 };
+constexpr const char* VECTOR_PATH_NAMES[] = {"portable", "avx2", "avx512"};
 
 VectorPath vector_path() {
-#if MLPOT_X86_DISPATCH
     static const VectorPath path = [] {
+#if MLPOT_X86_DISPATCH
         const VectorPath best = __builtin_cpu_supports("x86-64-v4")   ? VectorPath::avx512
                                 : __builtin_cpu_supports("x86-64-v3") ? VectorPath::avx2
                                                                       : VectorPath::portable;
+#else
+        const VectorPath best = VectorPath::portable;
+#endif
         const char* asked = std::getenv("MLPOT_SIMD");
-        if (asked && std::strcmp(asked, "portable") == 0) return VectorPath::portable;
-        if (asked && std::strcmp(asked, "avx2") == 0 && best == VectorPath::avx512) {
-            return VectorPath::avx2;
+        if (!asked || !*asked) return best;
+        for (int k = 0; k < 3; ++k) {
+            if (std::strcmp(asked, VECTOR_PATH_NAMES[k]) == 0) {
+                return std::min(best, static_cast<VectorPath>(k));
+            }
         }
-        return best;
+        invalid(std::string("MLPOT_SIMD must be portable, avx2 or avx512 (a path no better than "
+                            "the CPU's), got '") + asked + "'; unset it to use the CPU's best");
     }();
     return path;
-#else
-    return VectorPath::portable;
-#endif
 }
+
+}  // namespace
+
+const char* simd_path() { return VECTOR_PATH_NAMES[static_cast<int>(vector_path())]; }
+
+namespace {
 
 // ---- Hot loops (free functions so that they can be cloned per instruction set). ----
 
@@ -373,7 +387,8 @@ struct LanePlan {
 // species t occupies [run[t], run[t + 1]).
 struct AngularEdges {
     int n;
-    const double *inv_r, *vx, *vy, *vz;  // [n]: 1/r and the edge vector
+    const double *inv_r, *vx, *vy, *vz;  // [n + LANES]: 1/r and the edge vector, zeros past n
+                                         // (the pair lists read several candidates at a time)
     const double *r2, *fc, *dlog_c;      // [n]: r², f_c(r) and f_c′ / (f_c r)
     const int* species;                  // [n]
     const int* run;                      // [S + 1]
@@ -388,11 +403,12 @@ struct Segment {
 struct AngularScratch {
     std::vector<int> pair_b;           // partners b > a of the pairs (a, b), row a by row a
     std::vector<int> row_run;          // [slot][S + 1]: row a's partners of species t start here
-    std::vector<double> partner;       // [PartnerValue][partner_stride]
-    std::size_t partner_stride = 0;
+    std::vector<double> pair_values;   // [PairValue][pair_stride]
+    std::size_t pair_stride = 0;
     std::vector<double> factors;       // [pair factor][STRIDE] of a batch of pairs
     std::vector<Segment> segments;     // the batch's pairs, row by row
     std::vector<Segment> blocks;       // the same, consecutive segments of one block joined
+                                       // (only block, lo and hi are used)
     std::vector<char> row_stored;      // [slot][block]: the row's sums are in acc already
     LaneBuffer powers;                // [batch pair][pattern][P, P′]
     LaneBuffer G;                     // [block][chunk]: the descriptors (internal order)
@@ -408,6 +424,8 @@ constexpr int STRIDE = CAP + LANES;
 
 // Per-pair arrays of a batch ([factor][STRIDE]): row a's values beside each of its pairs, the
 // partner's, the geometry, then per group the distance factors.
+// W_A = 1/(r_a r_b) − cos θ / r_a² (and W_B), so that Z − Y_a = H W_A; DFC_JK is
+// (df_c/dr_jk) / r_jk; RJK and INV_RJK only for the polynomial cutoff.
 enum PairFactor {
     INV_RA, R2_A, FC_A, DLOG_C_A,
     R2_B, FC_B, DLOG_C_B,
@@ -415,17 +433,17 @@ enum PairFactor {
     NUM_PAIR_FACTORS
 };
 // d = r_b − r_a and the partner's 1/r for every pair of the centre, packed with the pair list
-// ([value][partner_stride]).
-enum PartnerValue { P_DX, P_DY, P_DZ, P_INV_R, NUM_PARTNER_VALUES };
-// Per group, with derivatives (without: H only); see the file header.
+// ([value][pair_stride]).
+enum PairValue { P_DX, P_DY, P_DZ, P_INV_R, NUM_PAIR_VALUES };
+// Per group, with derivatives (without: H only); see the file header. ZY_A = Z − Y_a,
+// HD_A = H dlog_a (and b).
 enum GroupFactor { H_, Q_, Z_, ZY_A, ZY_B, HD_A, HD_B, NUM_GROUP_FACTORS };
 
 // The arrays of build_pairs, sized for all candidate pairs of the centre.
 struct PairArrays {
-    int* pb;           // partner
-    double* partner;   // [PartnerValue][ps]
-    std::size_t ps;
-    int* row_run;      // [slot][S + 1]
+    int* pb;                        // partner
+    double *dx, *dy, *dz, *inv_rb;  // the PairValue arrays
+    int* row_run;                   // [slot][S + 1]
 };
 
 MLPOT_ALWAYS_INLINE PairArrays pair_arrays(const LanePlan& p, const AngularEdges& e,
@@ -433,8 +451,10 @@ MLPOT_ALWAYS_INLINE PairArrays pair_arrays(const LanePlan& p, const AngularEdges
     const int n = e.n, S = p.num_species;
     const std::size_t candidates = static_cast<std::size_t>(n) * (n - 1) / 2 + LANES;
     // (a stride ≡ 8 mod 16 doubles: the arrays do not share L1 cache sets)
-    const std::size_t ps = s.partner_stride = ((candidates + LANES - 1) / LANES * LANES) | LANES;
-    return {sized(s.pair_b, candidates), sized(s.partner, ps * NUM_PARTNER_VALUES), ps,
+    const std::size_t ps = s.pair_stride = ((candidates + LANES - 1) / LANES * LANES) | LANES;
+    double* values = sized(s.pair_values, ps * NUM_PAIR_VALUES);
+    return {sized(s.pair_b, candidates), values + P_DX * ps, values + P_DY * ps,
+            values + P_DZ * ps, values + P_INV_R * ps,
             sized(s.row_run, static_cast<std::size_t>(n) * (S + 1))};
 }
 
@@ -448,10 +468,10 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
     const int n = e.n, S = p.num_species;
     const PairArrays arrays = pair_arrays(p, e, s);
     int* __restrict pb = arrays.pb;
-    double* __restrict dx = arrays.partner + P_DX * arrays.ps;
-    double* __restrict dy = arrays.partner + P_DY * arrays.ps;
-    double* __restrict dz = arrays.partner + P_DZ * arrays.ps;
-    double* __restrict ivb = arrays.partner + P_INV_R * arrays.ps;
+    double* __restrict dx = arrays.dx;
+    double* __restrict dy = arrays.dy;
+    double* __restrict dz = arrays.dz;
+    double* __restrict ivb = arrays.inv_rb;
     const double limit = p.all_g4 ? p.rc * p.rc : HUGE_VAL;
     int m = 0;
     for (int a = 0; a < n; ++a) {
@@ -505,15 +525,11 @@ __attribute__((target("arch=x86-64-v3"))) int build_pairs_avx2(const LanePlan& p
                                                                 AngularScratch& s) {
     const int n = e.n, S = p.num_species;
     const PairArrays arrays = pair_arrays(p, e, s);
-    const std::size_t ps = arrays.ps;
-    double* dx = arrays.partner + P_DX * ps;
-    double* dy = arrays.partner + P_DY * ps;
-    double* dz = arrays.partner + P_DZ * ps;
-    double* ivb = arrays.partner + P_INV_R * ps;
     const __m256d limit = _mm256_set1_pd(p.all_g4 ? p.rc * p.rc : HUGE_VAL);
     const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
     const auto pack = [](double* out, __m256d v, __m256i index) {
-        _mm256_storeu_pd(out, _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(v), index)));
+        const __m256 packed = _mm256_permutevar8x32_ps(_mm256_castpd_ps(v), index);
+        _mm256_storeu_pd(out, _mm256_castps_pd(packed));
     };
     int m = 0;
     for (int a = 0; a < n; ++a) {
@@ -530,16 +546,17 @@ __attribute__((target("arch=x86-64-v3"))) int build_pairs_avx2(const LanePlan& p
                               z = _mm256_sub_pd(vz, za);
                 const __m256d r2 =
                     _mm256_fmadd_pd(z, z, _mm256_fmadd_pd(y, y, _mm256_mul_pd(x, x)));
-                // kept: r² < limit and b + lane < end (the lanes past the end read zeros)
+                // kept: r² < limit and b + lane < end (the lanes past end read the next
+                // species' slots, or past n the arrays' zeros: `valid` drops them)
                 const __m256i valid = _mm256_cmpgt_epi64(_mm256_set1_epi64x(end - b), lane);
                 const int mask = _mm256_movemask_pd(_mm256_and_pd(
                     _mm256_cmp_pd(r2, limit, _CMP_LT_OQ), _mm256_castsi256_pd(valid)));
                 const __m256i index = _mm256_loadu_si256(
                     reinterpret_cast<const __m256i*>(PACK.index[mask]));
-                pack(dx + m, x, index);
-                pack(dy + m, y, index);
-                pack(dz + m, z, index);
-                pack(ivb + m, _mm256_loadu_pd(e.inv_r + b), index);
+                pack(arrays.dx + m, x, index);
+                pack(arrays.dy + m, y, index);
+                pack(arrays.dz + m, z, index);
+                pack(arrays.inv_rb + m, _mm256_loadu_pd(e.inv_r + b), index);
                 _mm_storeu_si128(reinterpret_cast<__m128i*>(arrays.pb + m),
                                  _mm_add_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
                                                    PACK.lane[mask])),
@@ -560,11 +577,6 @@ __attribute__((target("arch=x86-64-v4"))) int build_pairs_avx512(const LanePlan&
                                                                   AngularScratch& s) {
     const int n = e.n, S = p.num_species;
     const PairArrays arrays = pair_arrays(p, e, s);
-    const std::size_t ps = arrays.ps;
-    double* dx = arrays.partner + P_DX * ps;
-    double* dy = arrays.partner + P_DY * ps;
-    double* dz = arrays.partner + P_DZ * ps;
-    double* ivb = arrays.partner + P_INV_R * ps;
     const __m512d limit = _mm512_set1_pd(p.all_g4 ? p.rc * p.rc : HUGE_VAL);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     int m = 0;
@@ -589,11 +601,11 @@ __attribute__((target("arch=x86-64-v4"))) int build_pairs_avx512(const LanePlan&
                 _mm256_storeu_si256(
                     reinterpret_cast<__m256i*>(arrays.pb + m),
                     _mm256_maskz_compress_epi32(k, _mm256_add_epi32(lane, _mm256_set1_epi32(b))));
-                _mm512_storeu_pd(dx + m, _mm512_maskz_compress_pd(k, x));
-                _mm512_storeu_pd(dy + m, _mm512_maskz_compress_pd(k, y));
-                _mm512_storeu_pd(dz + m, _mm512_maskz_compress_pd(k, z));
+                _mm512_storeu_pd(arrays.dx + m, _mm512_maskz_compress_pd(k, x));
+                _mm512_storeu_pd(arrays.dy + m, _mm512_maskz_compress_pd(k, y));
+                _mm512_storeu_pd(arrays.dz + m, _mm512_maskz_compress_pd(k, z));
                 const __m512d inv_r = _mm512_loadu_pd(e.inv_r + b);
-                _mm512_storeu_pd(ivb + m, _mm512_maskz_compress_pd(k, inv_r));
+                _mm512_storeu_pd(arrays.inv_rb + m, _mm512_maskz_compress_pd(k, inv_r));
                 m += __builtin_popcount(k);
             }
         }
@@ -748,6 +760,21 @@ MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restri
     }
 }
 
+// W of a chunk's lanes: a vector register's worth (eight, or four with AVX2).
+template <int W>
+struct Part {
+    typedef double type __attribute__((vector_size(W * sizeof(double))));
+    typedef std::int64_t mask __attribute__((vector_size(W * sizeof(std::int64_t))));
+};
+template <int W>
+MLPOT_ALWAYS_INLINE void load_part(typename Part<W>::type& x, const double* source) {
+    std::memcpy(&x, source, sizeof x);
+}
+template <int W>
+MLPOT_ALWAYS_INLINE void store_part(double* target, const typename Part<W>::type& x) {
+    std::memcpy(target, &x, sizeof x);
+}
+
 // P = 2^{1−ζ} x^ζ and P′ = ζ λ 2^{1−ζ} x^{ζ−1}, x = max(1 + λ cos θ, 0), of W of a pattern's
 // lanes (a vector register's worth) for m pairs into out[j × stride] (P) and out[j × stride +
 // LANES] (P′): x^{ζ−1} by binary powering with per-lane bits, the Bits bits of the part's
@@ -758,8 +785,8 @@ MLPOT_ALWAYS_INLINE void part_powers(const double* lambda_in, const double* scal
                                      const double* dscale_in, const int* exponent,
                                      const double* __restrict cos_theta, int m,
                                      std::size_t stride, double* __restrict out) {
-    typedef double part __attribute__((vector_size(W * sizeof(double))));
-    typedef std::int64_t part_mask __attribute__((vector_size(W * sizeof(std::int64_t))));
+    typedef typename Part<W>::type part;
+    typedef typename Part<W>::mask part_mask;
     part lambda, scale, dscale;
     std::memcpy(&lambda, lambda_in, sizeof lambda);
     std::memcpy(&scale, scale_in, sizeof scale);
@@ -840,24 +867,10 @@ inline int species_pair(int s, int t) {
     return s >= t ? s * (s + 1) / 2 + t : t * (t + 1) / 2 + s;
 }
 
-// W of a chunk's lanes: a vector register's worth (eight with AVX-512, four elsewhere).
-template <int W>
-struct Part {
-    typedef double type __attribute__((vector_size(W * sizeof(double))));
-};
-template <int W>
-MLPOT_ALWAYS_INLINE void load_part(typename Part<W>::type& x, const double* source) {
-    std::memcpy(&x, source, sizeof x);
-}
-template <int W>
-MLPOT_ALWAYS_INLINE void store_part(double* target, const typename Part<W>::type& x) {
-    std::memcpy(target, &x, sizeof x);
-}
 
-// The batch's descriptor terms, segment by segment: G += Σ_j P H of each chunk, summed over the
-// segment's pairs with two independent sums per part, W of the chunk's lanes at a time (a vector
-// register: eight with AVX-512, four elsewhere). With derivatives (P interleaved with P′), the
-// row's part of A_a, dlog_a Σ_j P H, is added to its accumulator too (see the file header).
+// The batch's descriptors: G += Σ_j P H of each chunk, over runs of pairs of one species block,
+// with two independent sums per part, W of the chunk's lanes at a time (P interleaved with P′
+// when there are derivatives).
 template <bool Derivatives, int W>
 MLPOT_ALWAYS_INLINE void descriptor_sums(const LanePlan& p, AngularScratch& s) {
     typedef typename Part<W>::type part;
@@ -871,7 +884,8 @@ MLPOT_ALWAYS_INLINE void descriptor_sums(const LanePlan& p, AngularScratch& s) {
     for (const Segment& segment : s.blocks) {
         const int lo = segment.lo, hi = segment.hi, block = segment.block;
         for (int c = 0; c < nc; ++c) {
-            const double* __restrict H = groups + p.chunk_group[c] * per_group * STRIDE + H_ * STRIDE;
+            const double* __restrict H =
+                groups + (p.chunk_group[c] * per_group + H_) * STRIDE;
             const double* __restrict P =
                 reinterpret_cast<const double*>(s.powers.data() + p.chunk_pattern[c] * per_pattern);
             part sum[2][K] = {};
@@ -915,13 +929,14 @@ MLPOT_ALWAYS_INLINE void derivative_sums(const LanePlan& p, AngularScratch& s, i
     const double* __restrict groups =
         s.factors.data() + NUM_PAIR_FACTORS * STRIDE;
     const int* __restrict pb = s.pair_b.data() + p0;
-    const double* __restrict dx = s.partner.data() + P_DX * s.partner_stride + p0;
-    const double* __restrict dy = s.partner.data() + P_DY * s.partner_stride + p0;
-    const double* __restrict dz = s.partner.data() + P_DZ * s.partner_stride + p0;
+    const double* __restrict dx = s.pair_values.data() + P_DX * s.pair_stride + p0;
+    const double* __restrict dy = s.pair_values.data() + P_DY * s.pair_stride + p0;
+    const double* __restrict dz = s.pair_values.data() + P_DZ * s.pair_stride + p0;
     double* __restrict acc = reinterpret_cast<double*>(s.acc.data());
     for (auto segment = s.segments.rbegin(); segment != s.segments.rend(); ++segment) {
         const int a = segment->a, lo = segment->lo, hi = segment->hi, block = segment->block;
-        char& stored = s.row_stored[static_cast<std::size_t>(a) * p.n_blocks + block];
+        char& row_stored = s.row_stored[static_cast<std::size_t>(a) * p.n_blocks + block];
+        const bool stored = row_stored;  // (a local: the flag could alias the stores below)
         for (int c = 0; c < nc; ++c) {
             const double* __restrict g = groups + p.chunk_group[c] * NUM_GROUP_FACTORS * STRIDE;
             const double* __restrict P =
@@ -968,7 +983,7 @@ MLPOT_ALWAYS_INLINE void derivative_sums(const LanePlan& p, AngularScratch& s, i
                 }
             }
         }
-        stored = 1;
+        row_stored = 1;
     }
 }
 
@@ -977,8 +992,8 @@ template <bool Derivatives>
 MLPOT_ALWAYS_INLINE void angular_batch(const LanePlan& p, AngularScratch& s, int p0, int m) {
     constexpr int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
     double* f = s.factors.data();
-    const std::size_t ps = s.partner_stride;
-    const double* pv = s.partner.data() + p0;  // the batch's partner values
+    const std::size_t ps = s.pair_stride;
+    const double* pv = s.pair_values.data() + p0;  // the batch's pair values
     if (p.cosine) {
         pair_geometry<true, Derivatives>(p, m, pv, ps, f);
     } else {
@@ -1016,10 +1031,12 @@ MLPOT_ALWAYS_INLINE void zero_cells_without_rows(const LanePlan& p, const Angula
         for (int block = 0; block < p.n_blocks; ++block) {
             bool has_pairs = false;
             for (int t = 0; t < S; ++t) {
-                has_pairs = has_pairs || (species_pair(e.species[a], t) == block && run[t + 1] > run[t]);
+                has_pairs = has_pairs ||
+                            (species_pair(e.species[a], t) == block && run[t + 1] > run[t]);
             }
+            if (has_pairs) continue;
             lanes* cell = acc + (a * cells + static_cast<std::size_t>(block) * p.n_chunks) * 4;
-            if (!has_pairs) std::fill(cell, cell + static_cast<std::size_t>(p.n_chunks) * 4, lanes{});
+            std::fill(cell, cell + static_cast<std::size_t>(p.n_chunks) * 4, lanes{});
         }
     }
 }
@@ -1066,8 +1083,9 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
                 if (lo >= hi) continue;
                 const int block = species_pair(e.species[a], t);
                 s.segments.push_back({a, block, lo, hi});
-                if (!s.blocks.empty() && s.blocks.back().block == block && s.blocks.back().hi == lo) {
-                    s.blocks.back().hi = hi;
+                Segment* last = s.blocks.empty() ? nullptr : &s.blocks.back();
+                if (last && last->block == block && last->hi == lo) {
+                    last->hi = hi;
                 } else {
                     s.blocks.push_back({a, block, lo, hi});
                 }
@@ -1207,7 +1225,6 @@ struct SymmetryFunctions::Workspace {
     std::vector<double> radial_tmp;
     std::vector<double> radial_A;  // [slot, S × n_radial]
     // Slots inside the angular cutoff ("angular slots"), sorted by neighbour species.
-    int n_angular = 0;
     std::vector<int> angular_of_slot;  // slot → angular slot, or −1
     std::vector<int> run;              // [S + 1] species runs of the angular slots
     std::vector<int> next;             // [S] counting-sort cursors
@@ -1430,7 +1447,6 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
         avz[a] = v[2];
         aspecies[a] = species[s];
     }
-    w.n_angular = n_ang;
     double* afc = sized(w.afc, na);
     double* adlog_c = sized(w.adlog_c, na);
     if (n_ang > 0) edge_cutoffs(n_ang, ar, ainv, cosine, 1.0 / rca, afc, adlog_c);

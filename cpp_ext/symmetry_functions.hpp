@@ -76,6 +76,11 @@ struct EdgeList {
     const double* vectors = nullptr;          ///< [num_edges, 3]
 };
 
+/// Which hand-written version of the kernel runs: "avx512", "avx2" or "portable" (the best the
+/// CPU supports, or a lower one named by the environment variable MLPOT_SIMD, for tests). An
+/// unknown MLPOT_SIMD value throws std::invalid_argument.
+const char* simd_path();
+
 class SymmetryFunctions {
 public:
     /// Checks the parameters; throws std::invalid_argument saying what to fix.

@@ -241,7 +241,11 @@ def test_vector_paths_agree(tmp_path, path):
     compress, AVX2 permutes or one candidate at a time; pair terms summed eight lanes at a time,
     or four on AVX2); MLPOT_SIMD forces a lower one than the CPU's best in a fresh process: same
     G, dG and chain rule up to rounding. On an AVX2 CPU "portable" runs the eight-lane sums that
-    AVX-512 CPUs use by default, and "avx2" is the default path itself."""
+    AVX-512 CPUs use by default."""
+    from mlpot import _kernel
+
+    if path == _kernel.simd_path():
+        pytest.skip(f"{path} is this CPU's default path: nothing else to compare with")
     atoms = bulk("Si", "diamond", a=5.43, cubic=True)
     atoms.symbols[::3] = "C"
     atoms.rattle(0.05, seed=3)
@@ -254,7 +258,9 @@ def test_vector_paths_agree(tmp_path, path):
     sf.to_file(tmp_path / "set.json")
     script = (
         "import numpy as np\n"
+        "from mlpot import _kernel\n"
         "from mlpot.symmetry_functions import SymmetryFunctionSet\n"
+        f"assert _kernel.simd_path() == {path!r}, _kernel.simd_path()\n"
         f"d = np.load({str(tmp_path / 'inputs.npz')!r})\n"
         f"sf = SymmetryFunctionSet.from_file({str(tmp_path / 'set.json')!r})\n"
         "G, dG = sf.compute(d['z'], d['edge_index'], d['vectors'])\n"
@@ -268,6 +274,21 @@ def test_vector_paths_agree(tmp_path, path):
     np.testing.assert_allclose(forced["dG"], dG, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(forced["g"], sf.gradient(z, edge_index, vectors, weights),
                                rtol=1e-12, atol=1e-12)
+
+
+def test_unknown_simd_path_is_refused():
+    """A misspelt MLPOT_SIMD is an error naming the accepted values, not a silent default."""
+    script = ("from mlpot.symmetry_functions import SymmetryFunctionSet\n"
+              "sf = SymmetryFunctionSet(('Si',), 4.0, ((0.5, 0.0),), (('G4', 0.01, 1.0, 1.0),))\n"
+              "import numpy as np\n"
+              "sf.compute(np.zeros(2, dtype=np.int64), np.array([[0, 1], [1, 0]]),\n"
+              "           np.array([[2.0, 0, 0], [-2.0, 0, 0]]))\n")
+    env = dict(os.environ, MLPOT_SIMD="AVX2")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode != 0
+    assert "MLPOT_SIMD must be portable, avx2 or avx512" in result.stderr
+    assert "'AVX2'" in result.stderr
 
 
 def test_derivative_buffer_reused_only_when_released():

@@ -198,6 +198,9 @@ py::array_t<double> gradient(const SymmetryFunctions& self, py::handle species,
 }  // namespace
 
 void bind_symmetry_functions(py::module_& m) {
+    m.def("simd_path", &simd_path,
+          "The symmetry-function kernel's hand-written version in use: 'avx512', 'avx2' or "
+          "'portable' (MLPOT_SIMD selects a lower one)");
     py::class_<SymmetryFunctions>(m, "SymmetryFunctions",
                                   "Atom-centred symmetry functions (G2, G4, G5) with analytic "
                                   "derivatives per edge; used through mlpot.symmetry_functions."
