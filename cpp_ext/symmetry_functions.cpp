@@ -879,8 +879,7 @@ MLPOT_ALWAYS_INLINE void descriptor_sums(const LanePlan& p, AngularScratch& s) {
     constexpr int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
     const int nc = p.n_chunks;
     const std::size_t stride = static_cast<std::size_t>(p.n_patterns) * per_pattern * LANES;
-    const double* __restrict groups =
-        s.factors.data() + NUM_PAIR_FACTORS * STRIDE;
+    const double* __restrict groups = s.factors.data() + NUM_PAIR_FACTORS * STRIDE;
     for (const Segment& segment : s.blocks) {
         const int lo = segment.lo, hi = segment.hi, block = segment.block;
         for (int c = 0; c < nc; ++c) {
@@ -926,8 +925,7 @@ MLPOT_ALWAYS_INLINE void derivative_sums(const LanePlan& p, AngularScratch& s, i
     const int nc = p.n_chunks;
     const std::size_t stride = static_cast<std::size_t>(p.n_patterns) * 2 * LANES;
     const std::size_t slot_stride = static_cast<std::size_t>(p.n_blocks) * nc * 4 * LANES;
-    const double* __restrict groups =
-        s.factors.data() + NUM_PAIR_FACTORS * STRIDE;
+    const double* __restrict groups = s.factors.data() + NUM_PAIR_FACTORS * STRIDE;
     const int* __restrict pb = s.pair_b.data() + p0;
     const double* __restrict dx = s.pair_values.data() + P_DX * s.pair_stride + p0;
     const double* __restrict dy = s.pair_values.data() + P_DY * s.pair_stride + p0;
@@ -957,7 +955,7 @@ MLPOT_ALWAYS_INLINE void derivative_sums(const LanePlan& p, AngularScratch& s, i
                     beta[k] = dP * g[Z_ * STRIDE + j] - P_ * g[Q_ * STRIDE + j];
                     load_part<W>(o, other + k * W);
                     store_part<W>(other + k * W,
-                               o + dP * g[ZY_B * STRIDE + j] + P_ * g[HD_B * STRIDE + j]);
+                                  o + dP * g[ZY_B * STRIDE + j] + P_ * g[HD_B * STRIDE + j]);
                 }
                 const double d[3] = {dx[j], dy[j], dz[j]};
                 part* sums[3] = {sx, sy, sz};
