@@ -406,7 +406,7 @@ struct AngularScratch {
     std::vector<double> pair_values;   // [PairValue][pair_stride]
     std::size_t pair_stride = 0;
     std::vector<double> factors;       // [pair factor][STRIDE] of a batch of pairs
-    std::vector<Segment> segments;     // the batch's pairs, row by row
+    std::vector<Segment> segments;     // the batch's pairs, row by row (with derivatives)
     std::vector<Segment> blocks;       // the same, consecutive segments of one block joined
                                        // (only block, lo and hi are used)
     std::vector<char> row_stored;      // [slot][block]: the row's sums are in acc already
@@ -1070,7 +1070,7 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
     int a0 = n - 1;
     for (int p0 = (n_pairs - 1) / CAP * CAP; p0 >= 0 && n_pairs > 0; p0 -= CAP) {
         const int m = std::min(CAP, n_pairs - p0);
-        while (a0 > 0 && row_run[a0 * (S + 1)] > p0) --a0;  // the first row with pairs here
+        while (a0 > 0 && row_run[a0 * (S + 1)] > p0) --a0;  // the row that holds pair p0
         s.segments.clear();
         s.blocks.clear();
         for (int a = a0; a < n && row_run[a * (S + 1)] < p0 + m; ++a) {
@@ -1080,7 +1080,7 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
                 const int lo = std::max(run[t] - p0, 0), hi = std::min(run[t + 1] - p0, m);
                 if (lo >= hi) continue;
                 const int block = species_pair(e.species[a], t);
-                s.segments.push_back({a, block, lo, hi});
+                if constexpr (Derivatives) s.segments.push_back({a, block, lo, hi});
                 Segment* last = s.blocks.empty() ? nullptr : &s.blocks.back();
                 if (last && last->block == block && last->hi == lo) {
                     last->hi = hi;
