@@ -946,16 +946,24 @@ MLPOT_ALWAYS_INLINE void derivative_sums(const LanePlan& p, AngularScratch& s, i
                 const double* __restrict Pj = P + j * stride;
                 const double* __restrict dPj = Pj + LANES;
                 double* other = cell + pb[j] * slot_stride;
-                part beta[K];
+                part P_[K], dP[K], beta[K];
                 for (int k = 0; k < K; ++k) {
-                    part P_, dP, o;
-                    load_part<W>(P_, Pj + k * W);
-                    load_part<W>(dP, dPj + k * W);
-                    sA[k] += dP * g[ZY_A * STRIDE + j] + P_ * g[HD_A * STRIDE + j];
-                    beta[k] = dP * g[Z_ * STRIDE + j] - P_ * g[Q_ * STRIDE + j];
+                    load_part<W>(P_[k], Pj + k * W);
+                    load_part<W>(dP[k], dPj + k * W);
+                }
+                // The pair's factors as locals, each read once for all parts: the stores to
+                // `other` could alias them for all the compiler knows, and it read them again
+                // for every part.
+                const double* __restrict gj = g + j;
+                const double z = gj[Z_ * STRIDE], q = gj[Q_ * STRIDE];
+                for (int k = 0; k < K; ++k) beta[k] = dP[k] * z - P_[k] * q;
+                const double zy_a = gj[ZY_A * STRIDE], hd_a = gj[HD_A * STRIDE];
+                for (int k = 0; k < K; ++k) sA[k] += dP[k] * zy_a + P_[k] * hd_a;
+                const double zy_b = gj[ZY_B * STRIDE], hd_b = gj[HD_B * STRIDE];
+                for (int k = 0; k < K; ++k) {
+                    part o;
                     load_part<W>(o, other + k * W);
-                    store_part<W>(other + k * W,
-                                  o + dP * g[ZY_B * STRIDE + j] + P_ * g[HD_B * STRIDE + j]);
+                    store_part<W>(other + k * W, o + dP[k] * zy_b + P_[k] * hd_b);
                 }
                 const double d[3] = {dx[j], dy[j], dz[j]};
                 part* sums[3] = {sx, sy, sz};
