@@ -18,8 +18,8 @@
 // partner's 1/r) — only those with r_jk < rc when every function is a G4 (f_c(r_jk) = 0 removes
 // the others, about half the pairs in a dense solid). In batches of 256 pairs, everything that
 // depends on the pair only (cos θ by the law of cosines, f_c(r_jk) as a series in r_jk², and per
-// (η, kind) group one exponential and the distance factors) is computed in loops over pairs that
-// the compiler vectorises (hence the branch-free exp and series below, summed so that their
+// (η, kind) group one exponential, or the k-th power of another group's where η is k times its η,
+// and the distance factors) is computed in loops over pairs that the compiler vectorises (hence the branch-free exp and series below, summed so that their
 // dependency chains stay short). The angular functions themselves are evaluated eight at a time,
 // one per vector lane ("chunks" of a group), W lanes per vector register (W = 4 with AVX2, else
 // 8): the powers (1 + λ cos θ)^ζ of all lanes per pair, G as Σ P H over runs of pairs of one
@@ -33,6 +33,7 @@
 #include "symmetry_functions.hpp"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -84,6 +85,10 @@ namespace mlpot {
 namespace {
 
 constexpr double PI = 3.141592653589793238462643383279502884;
+
+// exp(−k η x) as the k-th power of exp(−η x) for k up to this (see group_factors): within about
+// k + 2 ulp.
+constexpr int MAX_SHARED_POWER = 16;
 
 // Integer ζ up to this use binary powering (ζ − 1 has at most MAX_EXPONENT_BITS bits); larger
 // or non-integer ζ use std::pow.
@@ -374,6 +379,7 @@ struct LanePlan {
     const int *chunk_group, *chunk_pattern;                // [chunk]
     const double* group_eta;                               // [group]
     const int* group_g4;                                   // [group]
+    const int *group_base, *group_power, *group_kept;      // [group]: see the header
     const double *lambda, *scale, *dscale, *zeta;          // [pattern × LANES]
     const int* exponent;                                   // [pattern × LANES]: ζ − 1, or −1
     const int* pattern_fractional;                         // [pattern]
@@ -714,13 +720,17 @@ MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, const double* _
     }
 }
 
+// Where a group's exponential comes from: computed, computed and kept for other groups (in
+// `exps`), or given there (a power of another group's, see power_pass).
+enum class ExpSource { own, own_kept, given };
+
 // Distance factors of one group for m pairs (see the file header): H = exp(−η (r_a² + r_b² +
 // r_jk²)) f_c(r_a) f_c(r_b) f_c(r_jk) (G5: without r_jk² and f_c(r_jk)) and, with derivatives,
 // Q = (∂H/∂r_jk) / r_jk, Z = H / (r_a r_b), Z − Y_a = H (1/(r_a r_b) − cos θ / r_a²), Z − Y_b,
 // and H dlog of both edges, dlog = dlog_c − 2η.
-template <bool G4, bool Derivatives>
+template <bool G4, bool Derivatives, ExpSource Source>
 MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restrict f,
-                                       double* __restrict out) {
+                                       double* __restrict out, double* __restrict exps) {
     const double* __restrict r2ab = f + R2_AB * STRIDE;
     const double* __restrict fcab = f + FC_AB * STRIDE;
     const double* __restrict rjk2 = f + RJK2 * STRIDE;
@@ -740,13 +750,20 @@ MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restri
     double* __restrict HDb = out + HD_B * STRIDE;
     MLPOT_INDEPENDENT
     for (int j = 0; j < m; ++j) {
+        double e;
+        if constexpr (Source == ExpSource::given) {
+            e = exps[j];
+        } else {
+            e = exp_nonpositive(-eta * (G4 ? r2ab[j] + rjk2[j] : r2ab[j]));
+            if constexpr (Source == ExpSource::own_kept) exps[j] = e;
+        }
+        const double base = e * fcab[j];
         double Hj, q = 0.0;
         if constexpr (G4) {
-            const double base = exp_nonpositive(-eta * (r2ab[j] + rjk2[j])) * fcab[j];
             Hj = base * fcjk[j];
             if constexpr (Derivatives) q = base * (dfcjk[j] - 2.0 * eta * fcjk[j]);
         } else {
-            Hj = exp_nonpositive(-eta * r2ab[j]) * fcab[j];
+            Hj = base;
         }
         H[j] = Hj;
         if constexpr (Derivatives) {
@@ -756,6 +773,71 @@ MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restri
             ZYb[j] = Hj * wb[j];
             HDa[j] = Hj * (dca[j] - 2.0 * eta);
             HDb[j] = Hj * (dcb[j] - 2.0 * eta);
+        }
+    }
+}
+
+template <int K>
+MLPOT_ALWAYS_INLINE double power_of(double x) {
+    if constexpr (K == 1) {
+        return x;
+    } else if constexpr (K % 2 == 0) {
+        const double half = power_of<K / 2>(x);
+        return half * half;
+    } else {
+        return x * power_of<K - 1>(x);
+    }
+}
+
+// out[j] = in[j]^k for m pairs, 2 ≤ k ≤ MAX_SHARED_POWER: a group's exponential from its base
+// group's (exp(−k η x) = exp(−η x)^k), a few multiplications instead of an exponential.
+MLPOT_ALWAYS_INLINE void power_pass(int k, int m, const double* __restrict in,
+                                    double* __restrict out) {
+    switch (k) {
+#define MLPOT_POWER(K)                                                 \
+    case K:                                                            \
+        MLPOT_INDEPENDENT                                              \
+        for (int j = 0; j < m; ++j) out[j] = power_of<K>(in[j]);       \
+        break;
+        MLPOT_POWER(2) MLPOT_POWER(3) MLPOT_POWER(4) MLPOT_POWER(5) MLPOT_POWER(6) MLPOT_POWER(7)
+        MLPOT_POWER(8) MLPOT_POWER(9) MLPOT_POWER(10) MLPOT_POWER(11) MLPOT_POWER(12)
+        MLPOT_POWER(13) MLPOT_POWER(14) MLPOT_POWER(15) MLPOT_POWER(16)
+#undef MLPOT_POWER
+    }
+    static_assert(MAX_SHARED_POWER == 16, "power_pass has a case for every k up to 16");
+}
+
+// The distance factors of every group: first the groups with their own exponential, then those
+// that take a power of one of them. exps: [group][STRIDE].
+template <bool Derivatives>
+MLPOT_ALWAYS_INLINE void all_group_factors(const LanePlan& p, int m, const double* f,
+                                           double* group, double* exps) {
+    constexpr int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
+    for (int pass = 0; pass < 2; ++pass) {
+        for (int g = 0; g < p.n_groups; ++g) {
+            const int base = p.group_base[g];
+            if ((base >= 0) != (pass == 1)) continue;
+            double* out = group + g * per_group * STRIDE;
+            double* e = exps + g * STRIDE;
+            const double eta = p.group_eta[g];
+            if (base >= 0) {
+                power_pass(p.group_power[g], m, exps + base * STRIDE, e);
+                if (p.group_g4[g]) {
+                    group_factors<true, Derivatives, ExpSource::given>(eta, m, f, out, e);
+                } else {
+                    group_factors<false, Derivatives, ExpSource::given>(eta, m, f, out, e);
+                }
+            } else if (p.group_kept[g]) {
+                if (p.group_g4[g]) {
+                    group_factors<true, Derivatives, ExpSource::own_kept>(eta, m, f, out, e);
+                } else {
+                    group_factors<false, Derivatives, ExpSource::own_kept>(eta, m, f, out, e);
+                }
+            } else if (p.group_g4[g]) {
+                group_factors<true, Derivatives, ExpSource::own>(eta, m, f, out, e);
+            } else {
+                group_factors<false, Derivatives, ExpSource::own>(eta, m, f, out, e);
+            }
         }
     }
 }
@@ -1006,14 +1088,7 @@ MLPOT_ALWAYS_INLINE void angular_batch(const LanePlan& p, AngularScratch& s, int
         pair_geometry<false, Derivatives>(p, m, pv, ps, f);
     }
     double* group = f + NUM_PAIR_FACTORS * STRIDE;
-    for (int g = 0; g < p.n_groups; ++g) {
-        double* out = group + g * per_group * STRIDE;
-        if (p.group_g4[g]) {
-            group_factors<true, Derivatives>(p.group_eta[g], m, f, out);
-        } else {
-            group_factors<false, Derivatives>(p.group_eta[g], m, f, out);
-        }
-    }
+    all_group_factors<Derivatives>(p, m, f, group, group + p.n_groups * per_group * STRIDE);
     if (p.path == VectorPath::avx2) {  // registers of four doubles: a chunk in two parts
         angular_powers<Derivatives, LANES / 2>(p, f + COS_THETA * STRIDE, m, s.powers.data());
         descriptor_sums<Derivatives, LANES / 2>(p, s);
@@ -1068,7 +1143,7 @@ MLPOT_ALWAYS_INLINE void angular_pass(const LanePlan& p, const AngularEdges& e, 
     const int n_pairs = build_pairs(p, e, s);
 #endif
     const int per_group = Derivatives ? NUM_GROUP_FACTORS : 1;
-    double* f = sized(s.factors, STRIDE * (NUM_PAIR_FACTORS + p.n_groups * per_group));
+    double* f = sized(s.factors, STRIDE * (NUM_PAIR_FACTORS + p.n_groups * (per_group + 1)));
     s.powers.sized(CAP * p.n_patterns * (Derivatives ? 2 : 1));
     const int* row_run = s.row_run.data();
     if constexpr (Derivatives) {
@@ -1357,6 +1432,34 @@ SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
         }
     }
     all_g4_ = std::all_of(group_g4_.begin(), group_g4_.end(), [](int g4) { return g4 != 0; });
+
+    // Shared exponentials: in order of increasing η, a group takes the smallest power k ≤
+    // MAX_SHARED_POWER of a group of its kind with its own exponential, where k η_base equals its η
+    // to rounding; otherwise it has its own.
+    const int n_groups = static_cast<int>(group_eta_.size());
+    group_base_.assign(n_groups, -1);
+    group_power_.assign(n_groups, 1);
+    group_kept_.assign(n_groups, 0);
+    std::vector<int> by_eta(n_groups);
+    for (int g = 0; g < n_groups; ++g) by_eta[g] = g;
+    std::stable_sort(by_eta.begin(), by_eta.end(),
+                     [this](int a, int b) { return group_eta_[a] < group_eta_[b]; });
+    for (int i = 0; i < n_groups; ++i) {
+        const int g = by_eta[i];
+        for (int j = 0; j < i && group_base_[g] < 0; ++j) {
+            const int b = by_eta[j];
+            if (group_base_[b] >= 0 || group_g4_[b] != group_g4_[g] || group_eta_[b] <= 0.0) {
+                continue;
+            }
+            const double k = std::round(group_eta_[g] / group_eta_[b]);
+            if (k >= 2 && k <= MAX_SHARED_POWER &&
+                std::fabs(k * group_eta_[b] - group_eta_[g]) <= 4 * DBL_EPSILON * group_eta_[g]) {
+                group_base_[g] = b;
+                group_power_[g] = static_cast<int>(k);
+                group_kept_[b] = 1;
+            }
+        }
+    }
 }
 
 void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t* edge_ids,
@@ -1466,6 +1569,9 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
                         chunk_pattern_.data(),
                         group_eta_.data(),
                         group_g4_.data(),
+                        group_base_.data(),
+                        group_power_.data(),
+                        group_kept_.data(),
                         pattern_lambda_.data(),
                         pattern_scale_.data(),
                         pattern_dscale_.data(),

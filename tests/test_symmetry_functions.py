@@ -235,6 +235,29 @@ def test_lane_chunks_powers_and_batches():
                                rtol=1e-12, atol=1e-12)
 
 
+def test_shared_exponentials_equal_direct_ones():
+    """Groups whose η is an integer multiple k ≤ 16 of another group's of the same kind take
+    exp(−k η x) as the k-th power of that group's exponential. Here 0.006 (k = 2) and 0.048
+    (k = 16, the largest) from 0.003, the G5 0.03 from 0.01 (k = 3); 0.051 (17 × 0.003) and
+    0.0301 have their own. Values, derivatives and the chain rule equal the direct
+    implementation and finite differences."""
+    atoms = silicon_carbide(seed=5)
+    angular = [("G4", eta, zeta, lam) for eta in (0.048, 0.003, 0.051, 0.006)
+               for zeta, lam in ((1.0, 1.0), (4.0, -1.0))]
+    angular += [("G5", eta, 2.0, 1.0) for eta in (0.03, 0.01, 0.0301)]
+    species = ["C", "Si"]
+    sf = SymmetryFunctionSet(tuple(species), 5.0, ((0.5, 0.0),), tuple(angular))
+    z, edge_index, vectors = edges(atoms, 5.0, species)
+    G, dG = sf.compute(z, edge_index, vectors)
+    expected = reference_descriptors(sf, z, edge_index, vectors)
+    np.testing.assert_allclose(G, expected, rtol=1e-13, atol=1e-14)
+    assert_derivatives_equal_finite_differences(sf, z, edge_index, vectors, dG, edges=6)
+    weights = np.random.default_rng(5).normal(size=G.shape)
+    np.testing.assert_allclose(sf.gradient(z, edge_index, vectors, weights),
+                               np.einsum("efk,ef->ek", dG, weights[edge_index[0]]),
+                               rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("path", ["portable", "avx2"])
 def test_vector_paths_agree(tmp_path, path):
     """The kernel's hand-written parts have three versions (neighbour-pair list by AVX-512
