@@ -22,8 +22,9 @@
 // and the distance factors) is computed in loops over pairs that the compiler vectorises (hence the branch-free exp and series below, summed so that their
 // dependency chains stay short). The angular functions themselves are evaluated eight at a time,
 // one per vector lane ("chunks" of a group), W lanes per vector register (W = 4 with AVX2, else
-// 8): the powers (1 + λ cos θ)^ζ of all lanes per pair, G as Σ P H over runs of pairs of one
-// species block, and per pair and chunk the A and β terms of row a (kept in registers over its
+// 8): the powers (1 + λ cos θ)^ζ of all lanes per pair (with AVX2, lanes whose ζ are powers of
+// two from chains of squares, two pairs at a time: square_part), G as Σ P H over runs of pairs of
+// one species block, and per pair and chunk the A and β terms of row a (kept in registers over its
 // partners) and of the partner (added in its accumulator) as 12 vector multiply-adds per W lanes,
 // so each pair is visited once for both of its edges. The derivatives are written with
 // streaming stores.
@@ -89,6 +90,9 @@ constexpr double PI = 3.141592653589793238462643383279502884;
 // exp(−k η x) as the k-th power of exp(−η x) for k up to this (see group_factors): within about
 // k + 2 ulp.
 constexpr int MAX_SHARED_POWER = 16;
+
+// Lanes with ζ = 2^k, k up to this, may take x^ζ from a chain of squares (see square_part).
+constexpr int MAX_SQUARE_K = 4;
 
 // Integer ζ up to this use binary powering (ζ − 1 has at most MAX_EXPONENT_BITS bits); larger
 // or non-integer ζ use std::pow.
@@ -383,6 +387,7 @@ struct LanePlan {
     const double *lambda, *scale, *dscale, *zeta;          // [pattern × LANES]
     const int* exponent;                                   // [pattern × LANES]: ζ − 1, or −1
     const int* pattern_fractional;                         // [pattern]
+    const int* square_parts;                               // [pattern × 2]
     bool cosine;
     bool all_g4;  // every function has the f_c(r_jk) factor: pairs with r_jk ≥ rc are dropped
     VectorPath path;
@@ -894,6 +899,49 @@ MLPOT_ALWAYS_INLINE void part_powers(const double* lambda_in, const double* scal
     }
 }
 
+// part_powers for four lanes whose ζ are powers of two, 2^K0 for lanes 0 and 1 and 2^K1 for
+// lanes 2 and 3, with lane 2's λ equal to lane 0's and lane 3's to lane 1's (AVX2). A vector
+// holds one lane pair for two neighbour pairs, x = [x₀(j), x₁(j), x₀(j + 1), x₁(j + 1)]: then x^ζ
+// is the k-th of the squares x, x², x⁴, …, x^(ζ−1) the product of the ones before it, both
+// lane pairs share them, and no lane needs the selects of binary powering. Reads and writes one
+// pair past m when m is odd (cos_theta and out have room).
+template <bool Derivatives, int K0, int K1>
+MLPOT_ALWAYS_INLINE void square_part(const double* lambda, const double* scale,
+                                     const double* dscale, const double* __restrict cos_theta,
+                                     int m, std::size_t stride, double* __restrict out) {
+    typedef typename Part<4>::type part;
+    typedef typename Part<4>::mask part_mask;
+    constexpr int K = K0 > K1 ? K0 : K1;
+    const part lam = {lambda[0], lambda[1], lambda[0], lambda[1]};
+    const part scale0 = {scale[0], scale[1], scale[0], scale[1]};
+    const part scale1 = {scale[2], scale[3], scale[2], scale[3]};
+    const part dscale0 = {dscale[0], dscale[1], dscale[0], dscale[1]};
+    const part dscale1 = {dscale[2], dscale[3], dscale[2], dscale[3]};
+    const part_mask first = {0, 1, 4, 5}, second = {2, 3, 6, 7};  // neighbour pair j, j + 1
+    for (int j = 0; j < m; j += 2) {
+        const part c = {cos_theta[j], cos_theta[j], cos_theta[j + 1], cos_theta[j + 1]};
+        const part value = 1.0 + lam * c;
+        const part x = value > 0.0 ? value : 0.0;
+        part S[K + 1], R[K + 1];  // x^(2^k), x^(2^k − 1)
+        S[0] = x;
+        R[0] = part{} + 1.0;
+        for (int k = 1; k <= K; ++k) {
+            S[k] = S[k - 1] * S[k - 1];
+            R[k] = k == 1 ? x : R[k - 1] * S[k - 1];
+        }
+        double* o = out + j * stride * LANES;
+        const part P0 = scale0 * S[K0], P1 = scale1 * S[K1];
+        store_part<4>(o, __builtin_shuffle(P0, P1, first));
+        store_part<4>(o + stride * LANES, __builtin_shuffle(P0, P1, second));
+        if constexpr (Derivatives) {
+            const part dP0 = K0 == 0 ? dscale0 : dscale0 * R[K0];
+            const part dP1 = K1 == 0 ? dscale1 : dscale1 * R[K1];
+            store_part<4>(o + LANES, __builtin_shuffle(dP0, dP1, first));
+            store_part<4>(o + (stride + 1) * LANES, __builtin_shuffle(dP0, dP1, second));
+        }
+    }
+}
+
 // P and P′ of every pattern (see part_powers), W lanes at a time; lanes of non-integer ζ use
 // std::pow.
 template <bool Derivatives, int W>
@@ -904,6 +952,28 @@ MLPOT_ALWAYS_INLINE void angular_powers(const LanePlan& p, const double* __restr
     for (int q = 0; q < p.n_patterns; ++q) {
         double* o = reinterpret_cast<double*>(out + q * per_pattern);
         for (int l0 = 0; l0 < LANES; l0 += W) {
+            if constexpr (W == 4) {
+                const double *lambda = p.lambda + q * LANES + l0,
+                             *scale = p.scale + q * LANES + l0,
+                             *dscale = p.dscale + q * LANES + l0;
+                switch (p.square_parts[q * 2 + l0 / 4]) {
+#define MLPOT_SQUARES(K0, K1)                                                                \
+    case K0 *(MAX_SQUARE_K + 1) + K1:                                                       \
+        square_part<Derivatives, K0, K1>(lambda, scale, dscale, cos_theta, m, stride, o + l0); \
+        continue;
+#define MLPOT_SQUARES_ROW(K0)                                                                \
+    MLPOT_SQUARES(K0, 0) MLPOT_SQUARES(K0, 1) MLPOT_SQUARES(K0, 2) MLPOT_SQUARES(K0, 3)     \
+    MLPOT_SQUARES(K0, 4)
+                    MLPOT_SQUARES_ROW(0)
+                    MLPOT_SQUARES_ROW(1)
+                    MLPOT_SQUARES_ROW(2)
+                    MLPOT_SQUARES_ROW(3)
+                    MLPOT_SQUARES_ROW(4)
+#undef MLPOT_SQUARES_ROW
+#undef MLPOT_SQUARES
+                }
+                static_assert(MAX_SQUARE_K == 4, "one case per pair of square counts");
+            }
             const int* exponent = p.exponent + q * LANES + l0;
             int bits = 0;
             for (int l = 0; l < W; ++l) {
@@ -1421,6 +1491,24 @@ SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
                     fractional |= exponent[l] < 0;
                 }
                 pattern_fractional_.push_back(fractional);
+                for (int l0 = 0; l0 < LANES; l0 += 4) {
+                    // the ζ = 2^k of the lane pairs (l0, l0 + 1) and (l0 + 2, l0 + 3), padding
+                    // lanes (scale 0) taking their partner's
+                    int k[2] = {0, 0};
+                    bool squares = true;
+                    for (int l = l0; l < l0 + 4; ++l) {
+                        if (scale[l] == 0.0) continue;
+                        int e = 0;
+                        while ((1 << e) < zeta[l] && e < MAX_SQUARE_K) ++e;
+                        const bool first = l % 2 == 0 || scale[l - 1] == 0.0;
+                        squares = squares && zeta[l] == (1 << e) &&
+                                  (first || e == k[(l - l0) / 2]) &&
+                                  (l < l0 + 2 || lambda[l] == lambda[l - 2]);
+                        k[(l - l0) / 2] = e;
+                    }
+                    pattern_square_parts_.push_back(squares ? k[0] * (MAX_SQUARE_K + 1) + k[1]
+                                                            : -1);
+                }
             }
             chunk_group_.push_back(g);
             chunk_pattern_.push_back(pattern);
@@ -1578,6 +1666,7 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
                         pattern_zeta_.data(),
                         pattern_exponent_.data(),
                         pattern_fractional_.data(),
+                        pattern_square_parts_.data(),
                         cosine,
                         all_g4_,
                         vector_path(),

@@ -141,6 +141,9 @@ private:
     std::vector<double> pattern_lambda_, pattern_zeta_, pattern_scale_, pattern_dscale_;
     std::vector<int> pattern_exponent_;
     std::vector<int> pattern_fractional_;  // 1: some lane has a non-integer ζ (std::pow)
+    // [pattern × 2]: per four lanes (lane pairs (0, 1), (2, 3)) whose ζ are powers of two,
+    // 2^K0 and 2^K1 with K ≤ 4, with one λ per lane in both pairs: K0 · 5 + K1, else −1.
+    std::vector<int> pattern_square_parts_;
     bool all_g4_ = false;                  // every angular function has the f_c(r_jk) factor
 };
 

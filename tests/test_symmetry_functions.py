@@ -258,6 +258,26 @@ def test_shared_exponentials_equal_direct_ones():
                                rtol=1e-12, atol=1e-12)
 
 
+def test_power_of_two_zetas_by_squares():
+    """On AVX2, four lanes whose ζ are powers of two ≤ 16, equal in each lane pair, with the same
+    λ in both pairs, take x^ζ from one chain of squares shared by two neighbour pairs; other lanes
+    use binary powering. A set with both kinds (λ ± pairs, a padded part, pairs of unequal ζ,
+    crossed λ) equals the direct implementation and finite differences."""
+    atoms = silicon_carbide(seed=6)
+    angular = [("G4", 0.01, zeta, lam) for zeta, lam in
+               ((1, 1), (1, -1), (16, 1), (16, -1),  # squares: 2^0, 2^4
+                (2, 1), (2, -1), (4, -1), (4, 1))]  # λ crossed: binary powering
+    angular += [("G4", 0.02, zeta, -1) for zeta in (8, 2, 4)]  # unequal ζ in a lane pair
+    angular += [("G5", 0.03, zeta, lam) for zeta, lam in ((2, 1), (2, -1), (4, 1))]  # padded
+    species = ["C", "Si"]
+    sf = SymmetryFunctionSet(tuple(species), 5.0, ((0.5, 0.0),), tuple(angular))
+    z, edge_index, vectors = edges(atoms, 5.0, species)
+    G, dG = sf.compute(z, edge_index, vectors)
+    np.testing.assert_allclose(G, reference_descriptors(sf, z, edge_index, vectors), rtol=1e-13,
+                               atol=1e-14)
+    assert_derivatives_equal_finite_differences(sf, z, edge_index, vectors, dG, edges=6)
+
+
 @pytest.mark.parametrize("path", ["portable", "avx2"])
 def test_vector_paths_agree(tmp_path, path):
     """The kernel's hand-written parts have three versions (neighbour-pair list by AVX-512
