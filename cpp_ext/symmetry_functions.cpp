@@ -14,9 +14,9 @@
 //
 // Speed. Per centre, the edges inside the angular cutoff are stored as arrays sorted by neighbour
 // species, and the unordered pairs (a, b > a) are listed once (several candidates at a time where
-// the CPU has vectors: the kept ones packed by a permute, or AVX-512's compress, with d and the
-// partner's 1/r) — only those with r_jk < rc when every function is a G4 (f_c(r_jk) = 0 removes
-// the others, about half the pairs in a dense solid). In batches of 256 pairs, everything that
+// the CPU has vectors: the kept ones packed by a permute, or AVX-512's compress, with d) — only
+// those with r_jk < rc when every function is a G4 (f_c(r_jk) = 0 removes the others, about half
+// the pairs in a dense solid). In batches of 256 pairs, everything that
 // depends on the pair only (cos θ by the law of cosines, f_c(r_jk) as a series in r_jk², and per
 // (η, kind) group one exponential, or the k-th power of another group's where η is k times its η,
 // and the distance factors) is computed in loops over pairs that the compiler vectorises (hence the branch-free exp and series below, summed so that their
@@ -398,9 +398,9 @@ struct LanePlan {
 // species t occupies [run[t], run[t + 1]).
 struct AngularEdges {
     int n;
-    const double *inv_r, *vx, *vy, *vz;  // [n + LANES]: 1/r and the edge vector, zeros past n
-                                         // (the pair lists read several candidates at a time)
-    const double *r2, *fc, *dlog_c;      // [n]: r², f_c(r) and f_c′ / (f_c r)
+    const double *vx, *vy, *vz;              // [n + LANES]: the edge vector, zeros past n (the
+                                             // pair lists read several candidates at a time)
+    const double *inv_r, *r2, *fc, *dlog_c;  // [n]: 1/r, r², f_c(r) and f_c′ / (f_c r)
     const int* species;                  // [n]
     const int* run;                      // [S + 1]
 };
@@ -439,21 +439,21 @@ constexpr int STRIDE = CAP + LANES;
 // (df_c/dr_jk) / r_jk; RJK and INV_RJK only for the polynomial cutoff.
 enum PairFactor {
     INV_RA, R2_A, FC_A, DLOG_C_A,
-    R2_B, FC_B, DLOG_C_B,
+    R2_B, FC_B, DLOG_C_B, INV_RB,
     COS_THETA, RJK2, RJK, INV_RJK, FC_JK, DFC_JK, W_A, W_B, INV_RARB, R2_AB, FC_AB,
     NUM_PAIR_FACTORS
 };
-// d = r_b − r_a and the partner's 1/r for every pair of the centre, packed with the pair list
-// ([value][pair_stride]).
-enum PairValue { P_DX, P_DY, P_DZ, P_INV_R, NUM_PAIR_VALUES };
+// d = r_b − r_a for every pair of the centre, packed with the pair list ([value][pair_stride]).
+// (The partner's other values are gathered per batch: packing them cost more.)
+enum PairValue { P_DX, P_DY, P_DZ, NUM_PAIR_VALUES };
 // Per group, with derivatives (without: H only); see the file header. ZY_A = Z − Y_a,
 // HD_A = H dlog_a (and b).
 enum GroupFactor { H_, Q_, Z_, ZY_A, ZY_B, HD_A, HD_B, NUM_GROUP_FACTORS };
 
 // The arrays of build_pairs, sized for all candidate pairs of the centre.
 struct PairArrays {
-    int* pb;                        // partner
-    double *dx, *dy, *dz, *inv_rb;  // the PairValue arrays
+    int* pb;                // partner
+    double *dx, *dy, *dz;  // the PairValue arrays
     int* row_run;                   // [slot][S + 1]
 };
 
@@ -465,7 +465,7 @@ MLPOT_ALWAYS_INLINE PairArrays pair_arrays(const LanePlan& p, const AngularEdges
     const std::size_t ps = s.pair_stride = ((candidates + LANES - 1) / LANES * LANES) | LANES;
     double* values = sized(s.pair_values, ps * NUM_PAIR_VALUES);
     return {sized(s.pair_b, candidates), values + P_DX * ps, values + P_DY * ps,
-            values + P_DZ * ps, values + P_INV_R * ps,
+            values + P_DZ * ps,
             sized(s.row_run, static_cast<std::size_t>(n) * (S + 1))};
 }
 
@@ -482,7 +482,6 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
     double* __restrict dx = arrays.dx;
     double* __restrict dy = arrays.dy;
     double* __restrict dz = arrays.dz;
-    double* __restrict ivb = arrays.inv_rb;
     const double limit = p.all_g4 ? p.rc * p.rc : HUGE_VAL;
     int m = 0;
     for (int a = 0; a < n; ++a) {
@@ -497,7 +496,6 @@ MLPOT_ALWAYS_INLINE int build_pairs(const LanePlan& p, const AngularEdges& e, An
                 dx[m] = x;
                 dy[m] = y;
                 dz[m] = z;
-                ivb[m] = e.inv_r[b];
                 m += r2 < limit;
             }
         }
@@ -567,7 +565,6 @@ __attribute__((target("arch=x86-64-v3"))) int build_pairs_avx2(const LanePlan& p
                 pack(arrays.dx + m, x, index);
                 pack(arrays.dy + m, y, index);
                 pack(arrays.dz + m, z, index);
-                pack(arrays.inv_rb + m, _mm256_loadu_pd(e.inv_r + b), index);
                 _mm_storeu_si128(reinterpret_cast<__m128i*>(arrays.pb + m),
                                  _mm_add_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
                                                    PACK.lane[mask])),
@@ -615,8 +612,6 @@ __attribute__((target("arch=x86-64-v4"))) int build_pairs_avx512(const LanePlan&
                 _mm512_storeu_pd(arrays.dx + m, _mm512_maskz_compress_pd(k, x));
                 _mm512_storeu_pd(arrays.dy + m, _mm512_maskz_compress_pd(k, y));
                 _mm512_storeu_pd(arrays.dz + m, _mm512_maskz_compress_pd(k, z));
-                const __m512d inv_r = _mm512_loadu_pd(e.inv_r + b);
-                _mm512_storeu_pd(arrays.inv_rb + m, _mm512_maskz_compress_pd(k, inv_r));
                 m += __builtin_popcount(k);
             }
         }
@@ -652,7 +647,9 @@ MLPOT_ALWAYS_INLINE void gather_partner_factors(const AngularEdges& e, const int
     double* __restrict r2 = f + R2_B * STRIDE;
     double* __restrict fc = f + FC_B * STRIDE;
     double* __restrict dlog_c = f + DLOG_C_B * STRIDE;
+    double* __restrict inv_r = f + INV_RB * STRIDE;
     for (int j = 0; j < m; ++j) {
+        inv_r[j] = e.inv_r[pb[j]];
         r2[j] = e.r2[pb[j]];
         fc[j] = e.fc[pb[j]];
         if constexpr (Derivatives) dlog_c[j] = e.dlog_c[pb[j]];
@@ -669,7 +666,7 @@ MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, const double* _
     const double* __restrict dy = pv + P_DY * ps;
     const double* __restrict dz = pv + P_DZ * ps;
     const double* __restrict ia = f + INV_RA * STRIDE;
-    const double* __restrict ib = pv + P_INV_R * ps;
+    const double* __restrict ib = f + INV_RB * STRIDE;
     double* __restrict cos_theta = f + COS_THETA * STRIDE;
     double* __restrict rjk2 = f + RJK2 * STRIDE;
     double* __restrict rjk = f + RJK * STRIDE;
@@ -1623,7 +1620,7 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     int* angular_of_slot = sized(w.angular_of_slot, std::max(n_slots, 1));
     double* ar = sized(w.ar, na);
     double* ar2 = sized(w.ar2, na);
-    double* ainv = zeroed(w.ainv, na + LANES);  // (as avx …: packed eight at a time)
+    double* ainv = sized(w.ainv, na);
     double* avx = zeroed(w.avx, na + LANES);  // LANES zeros after the end: read eight at a time
     double* avy = zeroed(w.avy, na + LANES);
     double* avz = zeroed(w.avz, na + LANES);
@@ -1647,7 +1644,7 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
     double* afc = sized(w.afc, na);
     double* adlog_c = sized(w.adlog_c, na);
     if (n_ang > 0) edge_cutoffs(n_ang, ar, ainv, cosine, 1.0 / rca, afc, adlog_c);
-    const AngularEdges angular_edges{n_ang, ainv, avx, avy, avz, ar2, afc, adlog_c, aspecies, run};
+    const AngularEdges angular_edges{n_ang, avx, avy, avz, ainv, ar2, afc, adlog_c, aspecies, run};
     const LanePlan plan{num_species_,
                         num_pairs_,
                         static_cast<int>(chunk_group_.size()),
