@@ -208,7 +208,7 @@ def test_g4_only_sets_skip_far_pairs_exactly(species):
 
 def test_lane_chunks_powers_and_batches():
     """The kernel evaluates angular functions eight per vector lane, grouped by (η, kind), and
-    neighbour pairs in batches of 256: user order interleaving the groups (chunks that are not
+    neighbour pairs in batches of 128: user order interleaving the groups (chunks that are not
     consecutive functions), a group of 11 (a full chunk and a padded one), ζ from 1 to 64 by
     binary powering and above 64 or non-integer by std::pow, G4 with G5 (no pair is skipped),
     two species and 44–46 neighbours per atom (≥ 946 pairs per centre, rows split across batches)
