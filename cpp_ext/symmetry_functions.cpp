@@ -383,7 +383,7 @@ struct LanePlan {
     const int *chunk_group, *chunk_pattern;                // [chunk]
     const double* group_eta;                               // [group]
     const int* group_g4;                                   // [group]
-    const int *group_base, *group_power, *group_kept;      // [group]: see the header
+    const int *group_base, *group_power;                   // [group]: see the header
     const double *lambda, *scale, *dscale, *zeta;          // [pattern × LANES]
     const int* exponent;                                   // [pattern × LANES]: ζ − 1, or −1
     const int* pattern_fractional;                         // [pattern]
@@ -401,8 +401,8 @@ struct AngularEdges {
     const double *vx, *vy, *vz;              // [n + LANES]: the edge vector, zeros past n (the
                                              // pair lists read several candidates at a time)
     const double *inv_r, *r2, *fc, *dlog_c;  // [n]: 1/r, r², f_c(r) and f_c′ / (f_c r)
-    const int* species;                  // [n]
-    const int* run;                      // [S + 1]
+    const int* species;                      // [n]
+    const int* run;                          // [S + 1]
 };
 
 // Row a's partners of species t at the batch's entries [lo, hi), in the angular block `block`.
@@ -454,9 +454,9 @@ enum GroupFactor { H_, Q_, Z_, ZY_A, ZY_B, HD_A, HD_B, NUM_GROUP_FACTORS };
 
 // The arrays of build_pairs, sized for all candidate pairs of the centre.
 struct PairArrays {
-    int* pb;                // partner
+    int* pb;               // partner
     double *dx, *dy, *dz;  // the PairValue arrays
-    int* row_run;                   // [slot][S + 1]
+    int* row_run;          // [slot][S + 1]
 };
 
 MLPOT_ALWAYS_INLINE PairArrays pair_arrays(const LanePlan& p, const AngularEdges& e,
@@ -724,15 +724,12 @@ MLPOT_ALWAYS_INLINE void pair_geometry(const LanePlan& p, int m, const double* _
     }
 }
 
-// Where a group's exponential comes from: computed, computed and kept for other groups (in
-// `exps`), or given there (a power of another group's, see power_pass).
-enum class ExpSource { own, own_kept, given };
-
 // Distance factors of one group for m pairs (see the file header): H = exp(−η (r_a² + r_b² +
 // r_jk²)) f_c(r_a) f_c(r_b) f_c(r_jk) (G5: without r_jk² and f_c(r_jk)) and, with derivatives,
 // Q = (∂H/∂r_jk) / r_jk, Z = H / (r_a r_b), Z − Y_a = H (1/(r_a r_b) − cos θ / r_a²), Z − Y_b,
-// and H dlog of both edges, dlog = dlog_c − 2η.
-template <bool G4, bool Derivatives, ExpSource Source>
+// and H dlog of both edges, dlog = dlog_c − 2η. The exponential is computed and kept in `exps`
+// (other groups may take powers of it), or, if Given, read from there (see power_pass).
+template <bool G4, bool Derivatives, bool Given>
 MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restrict f,
                                        double* __restrict out, double* __restrict exps) {
     const double* __restrict r2ab = f + R2_AB * STRIDE;
@@ -755,11 +752,11 @@ MLPOT_ALWAYS_INLINE void group_factors(double eta, int m, const double* __restri
     MLPOT_INDEPENDENT
     for (int j = 0; j < m; ++j) {
         double e;
-        if constexpr (Source == ExpSource::given) {
+        if constexpr (Given) {
             e = exps[j];
         } else {
             e = exp_nonpositive(-eta * (G4 ? r2ab[j] + rjk2[j] : r2ab[j]));
-            if constexpr (Source == ExpSource::own_kept) exps[j] = e;
+            exps[j] = e;
         }
         const double base = e * fcab[j];
         double Hj, q = 0.0;
@@ -827,20 +824,14 @@ MLPOT_ALWAYS_INLINE void all_group_factors(const LanePlan& p, int m, const doubl
             if (base >= 0) {
                 power_pass(p.group_power[g], m, exps + base * STRIDE, e);
                 if (p.group_g4[g]) {
-                    group_factors<true, Derivatives, ExpSource::given>(eta, m, f, out, e);
+                    group_factors<true, Derivatives, true>(eta, m, f, out, e);
                 } else {
-                    group_factors<false, Derivatives, ExpSource::given>(eta, m, f, out, e);
-                }
-            } else if (p.group_kept[g]) {
-                if (p.group_g4[g]) {
-                    group_factors<true, Derivatives, ExpSource::own_kept>(eta, m, f, out, e);
-                } else {
-                    group_factors<false, Derivatives, ExpSource::own_kept>(eta, m, f, out, e);
+                    group_factors<false, Derivatives, true>(eta, m, f, out, e);
                 }
             } else if (p.group_g4[g]) {
-                group_factors<true, Derivatives, ExpSource::own>(eta, m, f, out, e);
+                group_factors<true, Derivatives, false>(eta, m, f, out, e);
             } else {
-                group_factors<false, Derivatives, ExpSource::own>(eta, m, f, out, e);
+                group_factors<false, Derivatives, false>(eta, m, f, out, e);
             }
         }
     }
@@ -951,10 +942,9 @@ MLPOT_ALWAYS_INLINE void angular_powers(const LanePlan& p, const double* __restr
     for (int q = 0; q < p.n_patterns; ++q) {
         double* o = reinterpret_cast<double*>(out + q * per_pattern);
         for (int l0 = 0; l0 < LANES; l0 += W) {
+            const double *lambda = p.lambda + q * LANES + l0, *scale = p.scale + q * LANES + l0,
+                         *dscale = p.dscale + q * LANES + l0;
             if constexpr (W == 4) {
-                const double *lambda = p.lambda + q * LANES + l0,
-                             *scale = p.scale + q * LANES + l0,
-                             *dscale = p.dscale + q * LANES + l0;
                 switch (p.square_parts[q * 2 + l0 / 4]) {
 #define MLPOT_SQUARES(K0, K1)                                                                \
     case K0 *(MAX_SQUARE_K + 1) + K1:                                                       \
@@ -978,8 +968,6 @@ MLPOT_ALWAYS_INLINE void angular_powers(const LanePlan& p, const double* __restr
             for (int l = 0; l < W; ++l) {
                 while ((exponent[l] >> bits) > 0) ++bits;
             }
-            const double *lambda = p.lambda + q * LANES + l0, *scale = p.scale + q * LANES + l0,
-                         *dscale = p.dscale + q * LANES + l0;
             switch (bits) {
 #define MLPOT_POWERS(BITS)                                                                    \
     case BITS:                                                                                \
@@ -1499,9 +1487,8 @@ SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
                         if (scale[l] == 0.0) continue;
                         int e = 0;
                         while ((1 << e) < zeta[l] && e < MAX_SQUARE_K) ++e;
-                        const bool first = l % 2 == 0 || scale[l - 1] == 0.0;
                         squares = squares && zeta[l] == (1 << e) &&
-                                  (first || e == k[(l - l0) / 2]) &&
+                                  (l % 2 == 0 || e == k[(l - l0) / 2]) &&
                                   (l < l0 + 2 || lambda[l] == lambda[l - 2]);
                         k[(l - l0) / 2] = e;
                     }
@@ -1526,7 +1513,6 @@ SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
     const int n_groups = static_cast<int>(group_eta_.size());
     group_base_.assign(n_groups, -1);
     group_power_.assign(n_groups, 1);
-    group_kept_.assign(n_groups, 0);
     std::vector<int> by_eta(n_groups);
     for (int g = 0; g < n_groups; ++g) by_eta[g] = g;
     std::stable_sort(by_eta.begin(), by_eta.end(),
@@ -1543,7 +1529,6 @@ SymmetryFunctions::SymmetryFunctions(SymmetryFunctionParameters parameters)
                 std::fabs(k * group_eta_[b] - group_eta_[g]) <= 4 * DBL_EPSILON * group_eta_[g]) {
                 group_base_[g] = b;
                 group_power_[g] = static_cast<int>(k);
-                group_kept_[b] = 1;
             }
         }
     }
@@ -1658,7 +1643,6 @@ void SymmetryFunctions::compute_centre(const EdgeList& edges, const std::int64_t
                         group_g4_.data(),
                         group_base_.data(),
                         group_power_.data(),
-                        group_kept_.data(),
                         pattern_lambda_.data(),
                         pattern_scale_.data(),
                         pattern_dscale_.data(),

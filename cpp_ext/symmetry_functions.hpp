@@ -130,8 +130,8 @@ private:
     std::vector<int> group_g4_;            // 1: G4 (has the r_jk factor), 0: G5
     // A group whose η is a small integer multiple k of another's (same kind) takes its
     // exponential as the k-th power of that group's: group_base_ (−1: its own exponential) and
-    // group_power_ (k); group_kept_: another group takes the power of this one's.
-    std::vector<int> group_base_, group_power_, group_kept_;
+    // group_power_ (k).
+    std::vector<int> group_base_, group_power_;
     std::vector<int> chunk_group_, chunk_pattern_;  // per chunk
     std::vector<int> chunk_function_;      // [chunk × 8 + lane]: user angular index, −1: padding
     std::vector<int> chunk_first_;         // user index of lane 0 if the lanes are consecutive
